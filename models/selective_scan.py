@@ -1,0 +1,201 @@
+"""Pure-PyTorch selective scan (Mamba's S6 recurrence) that is fast on CPU.
+
+The recurrence, per batch ``b``, channel ``d`` and state ``n``::
+
+    h_t = exp(delta_t * A) * h_{t-1} + delta_t * B_t * u_t          (h_{-1} = 0)
+    y_t = sum_n C_t[n] * h_t[n]  (+ D * u_t) (* silu(z_t))
+
+:func:`selective_scan` has the call signature and semantics of
+``mamba_ssm.ops.selective_scan_interface.selective_scan_fn`` (``u``/``delta``: ``(B, D, L)``,
+``A``: ``(D, N)``, ``B``/``C``: ``(B, N, L)``), so the two are interchangeable.
+
+How it is computed
+------------------
+The expensive part, the ``(L, B, D, N)`` state tensor, lives inside one custom
+:class:`torch.autograd.Function` with an analytic backward:
+
+* forward: ``dA = exp(delta * A)`` (always in ``(0, 1]`` because ``A < 0``, so nothing can
+  overflow whatever ``delta * |A|`` is), ``h = delta * u * B``, then the recurrence as ``L``
+  in-place ``addcmul`` calls on contiguous ``(B, D, N)`` slices of a time-major tensor;
+  ``y = h @ C`` as one batched matmul.
+* backward: the adjoint recurrence ``g_t = gy_t * C_t + dA_{t+1} * g_{t+1}`` run backwards in the
+  same way, then ``d(delta*A)_t = g_t * dA_t * h_{t-1}`` and the gradients of ``u``, ``delta``,
+  ``A``, ``B``, ``C`` as batched matmuls / reductions.
+
+Why a sequential loop of ``L`` vectorised steps and not a parallel (Blelloch) scan: on a CPU the scan
+is memory-bound, every time step is a contiguous slice of ``B*D*N`` values (131k at batch 32,
+d_inner 256, N 16), and one fused multiply-add per step touches each value exactly once. A
+Blelloch scan touches each value ~4 times through strided views and pads ``L`` to a power of two,
+and chunked log-space schemes need ``exp`` of ``(chunk x chunk)`` differences (``T`` times more
+``exp`` calls) to stay overflow-free. See ``benchmarks/bench_mamba.py`` for the measured numbers.
+
+Everything runs in float32 (float64 inputs stay float64, for gradcheck); half-precision inputs are
+upcast and the output is cast back to ``u.dtype``.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+__all__ = ["selective_scan", "SelectiveScanCore", "selective_scan_core"]
+
+
+def _compute_dtype(t: torch.Tensor) -> torch.dtype:
+    return torch.float64 if t.dtype == torch.float64 else torch.float32
+
+
+# The (L, B, D, N) state tensor is processed in time chunks of about this many elements (2 MB in
+# float32). The work buffers are allocated once per call and reused for every chunk, so they stay in
+# the last-level cache and cost no page faults (fresh 80 MB tensors made every op ~5x slower), while
+# each time step is still a whole (B, D, N) slice, big enough for intra-op threading.
+CHUNK_ELEMENTS = 1 << 19
+
+
+def _chunk_len(L: int, Bsz: int, D: int, N: int, chunk_len: int | None = None) -> int:
+    if chunk_len is None:
+        chunk_len = CHUNK_ELEMENTS // max(1, Bsz * D * N)
+    return max(1, min(L, int(chunk_len)))
+
+
+def _forward_chunk(u, delta, A, B, h0, dA, h):
+    """States of one time chunk. u, delta: (T, B, D); B: (T, B, N); h0: (B, D, N) state before the
+    chunk or None for zeros; dA, h: (T, B, D, N) work buffers, overwritten with exp(delta*A) and
+    the states h_t."""
+    torch.mul(delta.unsqueeze(-1), A, out=dA)
+    dA.exp_()  # in (0, 1] since A < 0: no overflow whatever delta * |A| is
+    torch.mul((delta * u).unsqueeze(-1), B.unsqueeze(2), out=h)
+    if h0 is not None:
+        h[0].addcmul_(dA[0], h0)
+    for t in range(1, h.shape[0]):
+        h[t].addcmul_(dA[t], h[t - 1])
+
+
+class SelectiveScanCore(torch.autograd.Function):
+    """``y = scan(u, delta, A, B, C)`` without D, z, bias or softplus (those are cheap
+    ``(B, D, L)`` elementwise ops left to ordinary autograd).
+
+    Inputs are time-major: ``u``, ``delta``: ``(L, B, D)``; ``A``: ``(D, N)``;
+    ``B``, ``C``: ``(L, B, N)``; ``chunk_len``: time steps per chunk (None: automatic).
+    Returns ``y``: ``(L, B, D)`` and the last state ``(B, D, N)`` (not differentiable).
+
+    Only the states at chunk ends are kept for the backward, which recomputes ``exp(delta*A)``
+    and the states chunk by chunk (as the CUDA kernel does), last chunk first.
+    """
+
+    @staticmethod
+    def forward(ctx, u, delta, A, B, C, chunk_len=None):
+        L, Bsz, D = u.shape
+        N = A.shape[1]
+        T = _chunk_len(L, Bsz, D, N, chunk_len)
+        starts = list(range(0, L, T))
+        dA_buf = u.new_empty(T, Bsz, D, N)
+        h_buf = u.new_empty(T, Bsz, D, N)
+        y = u.new_empty(L, Bsz, D)
+        ends = u.new_empty(len(starts), Bsz, D, N)  # state at the end of every chunk
+        for c, t0 in enumerate(starts):
+            t1 = min(L, t0 + T)
+            dA, h = dA_buf[: t1 - t0], h_buf[: t1 - t0]
+            _forward_chunk(u[t0:t1], delta[t0:t1], A, B[t0:t1], ends[c - 1] if c else None, dA, h)
+            # y_t = h_t @ C_t : (T, B, D, N) @ (T, B, N, 1)
+            torch.matmul(h, C[t0:t1].unsqueeze(-1), out=y[t0:t1].unsqueeze(-1))
+            ends[c] = h[-1]
+        ctx.save_for_backward(u, delta, A, B, C, ends)
+        ctx.chunk_len = T
+        last = ends[-1].clone()
+        ctx.mark_non_differentiable(last)
+        return y, last
+
+    @staticmethod
+    def backward(ctx, gy, _g_last):
+        u, delta, A, B, C, ends = ctx.saved_tensors
+        L, Bsz, D = u.shape
+        N = A.shape[1]
+        T = ctx.chunk_len
+        gy = gy.contiguous()
+        dA_buf = u.new_empty(T, Bsz, D, N)
+        h_buf = u.new_empty(T, Bsz, D, N)
+        g_buf = u.new_empty(T, Bsz, D, N)
+        gu = torch.empty_like(u)
+        gdelta = torch.empty_like(delta)
+        gA = torch.zeros_like(A)
+        gB = torch.empty_like(B)
+        gC = torch.empty_like(C)
+        ones_n = u.new_ones(N, 1)
+        g_next = None  # dA_{t1} * g_{t1}: what the chunk after this one feeds back into g_{t1 - 1}
+        starts = list(range(0, L, T))
+        for c in range(len(starts) - 1, -1, -1):
+            t0 = starts[c]
+            t1 = min(L, t0 + T)
+            n = t1 - t0
+            dA, h, g = dA_buf[:n], h_buf[:n], g_buf[:n]
+            u_s, d_s, B_s, C_s, gy_s = u[t0:t1], delta[t0:t1], B[t0:t1], C[t0:t1], gy[t0:t1]
+            h0 = ends[c - 1] if c else None
+            _forward_chunk(u_s, d_s, A, B_s, h0, dA, h)
+            # gC_t[n] = sum_d gy_t[d] h_t[d, n] : (T, B, 1, D) @ (T, B, D, N)
+            torch.matmul(gy_s.unsqueeze(-2), h, out=gC[t0:t1].unsqueeze(-2))
+            # adjoint state g_t = gy_t * C_t + dA_{t+1} * g_{t+1}
+            torch.mul(gy_s.unsqueeze(-1), C_s.unsqueeze(2), out=g)
+            if g_next is not None:
+                g[-1] += g_next
+            for t in range(n - 2, -1, -1):
+                g[t].addcmul_(dA[t + 1], g[t + 1])
+            g_next = dA[0] * g[0]
+            # sum_n g_t[n] B_t[n] : (T, B, D, N) @ (T, B, N, 1)
+            gBs = torch.matmul(g, B_s.unsqueeze(-1)).squeeze(-1)  # (T, B, D)
+            torch.mul(gBs, d_s, out=gu[t0:t1])
+            # gB_t[n] = sum_d g_t[d, n] delta_t[d] u_t[d] : (T, B, 1, D) @ (T, B, D, N)
+            torch.matmul((d_s * u_s).unsqueeze(-2), g, out=gB[t0:t1].unsqueeze(-2))
+            # w_t = d loss / d(delta_t * A) = g_t * dA_t * h_{t-1}, in g's storage
+            w = g
+            if n > 1:
+                w[1:].mul_(dA[1:]).mul_(h[:-1])
+            if h0 is None:
+                w[0].zero_()
+            else:
+                w[0].mul_(dA[0]).mul_(h0)
+            # gA[d, n] += sum_{t, b} w_t[d, n] delta_t[d]   (dA and h are free now: reuse them)
+            gA += torch.mul(w, d_s.unsqueeze(-1), out=dA).sum((0, 1))
+            # gdelta_t[d] = u_t sum_n g_t B_t + sum_n w_t[d, n] A[d, n]
+            gdA = torch.matmul(torch.mul(w, A, out=h), ones_n).squeeze(-1)
+            torch.addcmul(gdA, gBs, u_s, out=gdelta[t0:t1])
+        return gu, gdelta, gA, gB, gC, None
+
+
+def selective_scan_core(u, delta, A, B, C, return_last_state: bool = False, chunk_len=None):
+    """Time-major core scan, see :class:`SelectiveScanCore`."""
+    y, last = SelectiveScanCore.apply(u, delta, A, B, C, chunk_len)
+    return (y, last) if return_last_state else y
+
+
+def selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False,
+                   return_last_state=False, chunk_len=None):
+    """Drop-in CPU equivalent of ``mamba_ssm``'s ``selective_scan_fn``.
+
+    u, delta: (batch, dim, L); A: (dim, N), real and negative; B, C: (batch, N, L);
+    D: (dim,) or None; z: (batch, dim, L) or None; delta_bias: (dim,) or None.
+    Returns y (batch, dim, L) in ``u.dtype`` [and the last state (batch, dim, N)].
+    """
+    if A.is_complex():
+        raise NotImplementedError("complex A is not supported by the pure-PyTorch scan")
+    if B.dim() != 3 or C.dim() != 3:
+        raise NotImplementedError("B and C must be input-dependent, shaped (batch, N, L)")
+    out_dtype = u.dtype
+    cdt = _compute_dtype(u)
+    u_f, delta_f = u.to(cdt), delta.to(cdt)
+    if delta_bias is not None:
+        delta_f = delta_f + delta_bias.to(cdt)[:, None]
+    if delta_softplus:
+        delta_f = F.softplus(delta_f)
+    # time-major layout: every time step is one contiguous (batch, dim, N) block
+    uT = u_f.permute(2, 0, 1).contiguous()
+    dT = delta_f.permute(2, 0, 1).contiguous()
+    BT = B.to(cdt).permute(2, 0, 1).contiguous()
+    CT = C.to(cdt).permute(2, 0, 1).contiguous()
+    y, last = SelectiveScanCore.apply(uT, dT, A.to(cdt).contiguous(), BT, CT, chunk_len)
+    y = y.permute(1, 2, 0)
+    if D is not None:
+        y = y + u_f * D.to(cdt)[:, None]
+    if z is not None:
+        y = y * F.silu(z.to(cdt))
+    y = y.to(out_dtype)
+    return (y, last) if return_last_state else y

@@ -1,0 +1,109 @@
+#!/usr/bin/env python
+"""Train any registered model on ESC-50 (or a class-per-folder dataset) through the shared engine.
+
+Examples
+--------
+    python train.py --model cnn --data-dir ../shared/data/ESC-50 --epochs 40 --out runs/cnn
+    python train.py --model liquid_s4 --config liquid_kernel=kb --epochs 60
+    python train.py --model cnn --dataset folder --data-dir ../shared/data/drums --one-vs-rest kick
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import models
+
+
+def parse_kv(items: list[str] | None, flag: str) -> dict:
+    out = {}
+    for item in items or []:
+        if "=" not in item:
+            raise ValueError(f"{flag} expects KEY=VALUE, got '{item}'")
+        k, v = item.split("=", 1)
+        try:
+            out[k] = json.loads(v)
+        except json.JSONDecodeError:
+            out[k] = None if v.lower() == "none" else v
+    return out
+
+
+def int_list(text: str) -> tuple[int, ...]:
+    return tuple(int(t) for t in text.replace(",", " ").split()) if text.strip() else ()
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", required=True, help=f"one of: {', '.join(models.available())}")
+    p.add_argument("--preset", help="named model preset (e.g. tiny, gpu)")
+    p.add_argument("--config", action="append", metavar="KEY=VALUE", help="model option (JSON value), repeatable")
+    d = p.add_argument_group("data")
+    d.add_argument("--dataset", choices=["esc50", "folder"], default="esc50")
+    d.add_argument("--data-dir", help="dataset root (default: $ESC50_DIR, data/ESC-50, or ../shared/data/ESC-50)")
+    d.add_argument("--train-folds", type=int_list, default=(1, 2, 3), help="ESC-50 training folds (default 1,2,3)")
+    d.add_argument("--val-folds", type=int_list, default=(4,), help="ESC-50 validation folds (default 4)")
+    d.add_argument("--test-folds", type=int_list, default=(5,), help="ESC-50 test folds (default 5)")
+    d.add_argument("--classes", help="folder dataset: comma-separated classes to keep")
+    d.add_argument("--split-seed", type=int, default=0, help="folder dataset: seed of the stratified split")
+    d.add_argument("--one-vs-rest", metavar="CLASS", help="binary task: CLASS vs all others")
+    d.add_argument("--feature", action="append", metavar="KEY=VALUE",
+                   help="feature option (sample_rate, n_fft, hop_length, n_mels, duration, n_frames, onset_align)")
+    d.add_argument("--no-augment", action="store_true", help="disable augmentation")
+    d.add_argument("--expansion", type=int, help="random views per clip per epoch (default 3 with augmentation)")
+    d.add_argument("--cache-dir", help="feature cache directory (default data/cache)")
+    t = p.add_argument_group("training (defaults: the model's train_defaults, then the engine's)")
+    for name, typ in (("epochs", int), ("batch-size", int), ("lr", float), ("weight-decay", float),
+                      ("warmup-frac", float), ("mixup", float), ("label-smoothing", float), ("grad-clip", float),
+                      ("patience", int), ("seed", int), ("threads", int)):
+        t.add_argument(f"--{name}", type=typ)
+    t.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
+    t.add_argument("--no-amp", action="store_true", help="disable bf16 autocast on CUDA")
+    t.add_argument("--class-weights", action="store_true", help="inverse-frequency loss weights")
+    t.add_argument("--compile", action="store_true", help="torch.compile the model")
+    t.add_argument("--no-progress", action="store_true", help="no tqdm bars")
+    p.add_argument("--out", help="output directory (default runs/<model>)")
+    p.add_argument("--no-resume", action="store_true", help="start afresh even if OUT/last.pt exists")
+    return p
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        from training.data import DataSpec
+        from training.runner import make_train_config, train_model
+
+        if args.model not in models.available():
+            raise ValueError(f"unknown model '{args.model}'; available: {', '.join(models.available())}")
+        spec = DataSpec(kind=args.dataset, root=args.data_dir, train_folds=args.train_folds,
+                        val_folds=args.val_folds, test_folds=args.test_folds,
+                        classes=tuple(c.strip() for c in args.classes.split(",")) if args.classes else None,
+                        split_seed=args.split_seed, feature_config=parse_kv(args.feature, "--feature"),
+                        augment=not args.no_augment, expansion=args.expansion, cache_dir=args.cache_dir,
+                        one_vs_rest=args.one_vs_rest)
+        cfg = make_train_config(
+            args.model, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, weight_decay=args.weight_decay,
+            warmup_frac=args.warmup_frac, mixup=args.mixup, label_smoothing=args.label_smoothing,
+            grad_clip=args.grad_clip, patience=args.patience, seed=args.seed, threads=args.threads,
+            device=args.device, amp=not args.no_amp, class_weights=args.class_weights or None,
+            compile=args.compile or None, progress=not args.no_progress)
+        out = Path(args.out or f"runs/{args.model}")
+        metrics = train_model(args.model, spec, out, cfg, preset=args.preset,
+                              model_config=parse_kv(args.config, "--config"), resume=not args.no_resume,
+                              extra_meta={"cli": sys.argv[1:] if argv is None else list(argv)})
+    except KeyboardInterrupt:
+        print("interrupted: rerun the same command to resume from the last epoch", file=sys.stderr)
+        return 130
+    except (ValueError, KeyError, FileNotFoundError, RuntimeError, OSError) as exc:
+        msg = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
+        print(f"error: {msg}", file=sys.stderr)
+        return 2
+    print(json.dumps({k: metrics[k] for k in ("model", "params", "best_epoch", "val_acc", "test_acc",
+                                              "mean_epoch_time_s")}))
+    print(f"checkpoint: {out / 'best.safetensors'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Training: the shared engine, checkpoints, dataset construction, and the CLI entry points."""

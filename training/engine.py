@@ -1,0 +1,436 @@
+"""The one training engine: used by train.py, the notebooks, cross-validation and DDP runs.
+
+``fit(model, train_ds, val_ds, test_ds, cfg, out_dir)`` trains with AdamW (parameter groups:
+no weight decay on norms / biases / 1-D parameters / names in ``model.no_weight_decay()``, and a
+group per distinct ``_optim`` dict a model attaches to parameters such as S4's A, B and dt),
+linear warm-up + cosine schedule, gradient clipping, mixup and label smoothing; it selects the
+best epoch on validation accuracy (early stopping optional), evaluates that checkpoint on the
+test split, and writes into ``out_dir``:
+
+* ``best.safetensors``: the selected model, loadable without pickle (see training/checkpoint.py)
+* ``last.pt``: the full training state after the latest epoch (weights-only loadable) for resume
+* ``history.csv`` / ``history.json``: one row per epoch (loss, accuracy, lr, time, data time)
+* ``metrics.json``: best validation and final test metrics; ``curves.png``: the learning curves
+
+Datasets are :class:`audio_utils.FeatureDataset` (anything with ``get_batch(indices, generator)``,
+``__len__``, ``num_clips``, ``num_classes``, ``class_names``, ``feature_cfg`` and normalisation
+methods). Under ``torch.distributed`` (torchrun) every rank takes its share of each global batch,
+gradients are averaged by DDP, and only rank 0 writes files.
+"""
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+import time
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from training.checkpoint import atomic_write, save_checkpoint
+from training.metrics import best_threshold, binary_metrics, multiclass_metrics
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = 30
+    batch_size: int = 32
+    lr: float = 1e-3
+    weight_decay: float = 0.05
+    warmup_frac: float = 0.05
+    min_lr_ratio: float = 0.01
+    grad_clip: float = 1.0
+    mixup: float = 0.2              # Beta(alpha, alpha) mixup; 0 disables
+    mixup_prob: float = 0.8         # fraction of batches that are mixed
+    label_smoothing: float = 0.0
+    patience: int = 0               # early stopping after this many epochs without improvement (0: off)
+    seed: int = 0
+    device: str = "auto"            # "auto" | "cpu" | "cuda" | "cuda:1" ...
+    amp: bool = True                # bf16 autocast, CUDA only
+    threads: int | None = None      # torch CPU threads
+    eval_batch_size: int = 128
+    drop_last: bool = True
+    class_weights: bool = False     # inverse-frequency loss weights (imbalanced data)
+    progress: bool = True
+    compile: bool = False           # torch.compile the model (GPU runs)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "TrainConfig":
+        names = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in names})
+
+
+# --------------------------------------------------------------------------------------------
+# Optimiser and schedule
+# --------------------------------------------------------------------------------------------
+def param_groups(model: torch.nn.Module, lr: float, weight_decay: float) -> list[dict]:
+    model = getattr(model, "module", model)
+    no_wd = set(model.no_weight_decay()) if hasattr(model, "no_weight_decay") else set()
+    groups: dict[tuple, dict] = {}
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        opt = dict(getattr(p, "_optim", None) or {})
+        g_lr = float(opt.get("lr", lr))
+        g_wd = float(opt.get("weight_decay", weight_decay))
+        if p.ndim <= 1 or name in no_wd or name.endswith(".bias"):
+            g_wd = 0.0
+        key = (g_lr, g_wd)
+        if key not in groups:
+            groups[key] = {"params": [], "lr": g_lr, "weight_decay": g_wd, "names": []}
+        groups[key]["params"].append(p)
+        groups[key]["names"].append(name)
+    return list(groups.values())
+
+
+def build_optimizer(model: torch.nn.Module, lr: float, weight_decay: float, betas=(0.9, 0.999)) -> torch.optim.AdamW:
+    return torch.optim.AdamW(param_groups(model, lr, weight_decay), lr=lr, betas=betas)
+
+
+def warmup_cosine(optimizer, total_steps: int, warmup_steps: int, min_lr_ratio: float = 0.01):
+    """Linear warm-up to each group's lr, then cosine decay to ``min_lr_ratio`` x lr."""
+    total_steps = max(1, int(total_steps))
+    warmup_steps = max(0, min(int(warmup_steps), total_steps - 1))
+
+    def factor(step: int) -> float:
+        if step < warmup_steps:
+            return (step + 1) / (warmup_steps + 1)
+        progress = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
+        return min_lr_ratio + (1 - min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+# --------------------------------------------------------------------------------------------
+# Devices, distribution, batches
+# --------------------------------------------------------------------------------------------
+def resolve_device(device: str = "auto") -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dev = torch.device(device)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("--device cuda was requested but CUDA is not available")
+    return dev
+
+
+@dataclass
+class DistInfo:
+    rank: int = 0
+    world: int = 1
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+    @classmethod
+    def current(cls) -> "DistInfo":
+        import torch.distributed as dist
+        if dist.is_available() and dist.is_initialized():
+            return cls(dist.get_rank(), dist.get_world_size())
+        return cls()
+
+
+def epoch_batches(n_items: int, batch_size: int, generator: torch.Generator, shuffle: bool = True,
+                  drop_last: bool = True, dist: DistInfo = DistInfo()):
+    """Global batches of item indices; each rank yields its contiguous share of every batch."""
+    order = torch.randperm(n_items, generator=generator) if shuffle else torch.arange(n_items)
+    stop = (n_items // batch_size) * batch_size if drop_last and n_items >= batch_size else n_items
+    for s in range(0, stop, batch_size):
+        batch = order[s:s + batch_size]
+        if dist.world > 1:
+            batch = batch.tensor_split(dist.world)[dist.rank]
+        yield batch
+
+
+def mixup_batch(x, y, alpha: float, generator: torch.Generator):
+    lam = float(torch.distributions.Beta(alpha, alpha).sample()) if alpha > 0 else 1.0
+    perm = torch.randperm(x.shape[0], generator=generator)
+    lam = max(lam, 1 - lam)
+    return lam * x + (1 - lam) * x[perm], y, y[perm], lam
+
+
+# --------------------------------------------------------------------------------------------
+# Evaluation
+# --------------------------------------------------------------------------------------------
+@torch.no_grad()
+def predict_proba(model, ds, batch_size: int = 128, device="cpu", amp: bool = True) -> tuple[np.ndarray, np.ndarray]:
+    """Class probabilities ``[clips, classes]`` and labels for every clip of ``ds`` (one view each)."""
+    model.eval()
+    device = torch.device(device)
+    probs, labels = [], []
+    use_amp = amp and device.type == "cuda"
+    for s in range(0, ds.num_clips, batch_size):
+        idx = torch.arange(s, min(s + batch_size, ds.num_clips))
+        x, y = ds.get_batch(idx)
+        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=use_amp):
+            logits = model(x.to(device, non_blocking=True))
+        probs.append(torch.softmax(logits.float(), -1).cpu())
+        labels.append(y)
+    return torch.cat(probs).numpy(), torch.cat(labels).numpy()
+
+
+def task_metrics(probs: np.ndarray, labels: np.ndarray, class_names, task: dict | None = None) -> dict:
+    """Multi-class metrics, plus binary metrics for a one-vs-rest task."""
+    out = multiclass_metrics(probs, labels, class_names)
+    if task and task.get("type") == "binary":
+        out["binary"] = binary_metrics(probs[:, 1], labels == 1, task.get("threshold", 0.5))
+    return out
+
+
+def evaluate(model, ds, batch_size: int = 128, device="cpu", amp: bool = True, task: dict | None = None) -> dict:
+    probs, labels = predict_proba(model, ds, batch_size, device, amp)
+    out = task_metrics(probs, labels, ds.class_names, task)
+    out["loss"] = float(F.nll_loss(torch.log(torch.from_numpy(probs).clamp_min(1e-12)), torch.from_numpy(labels)))
+    return out
+
+
+# --------------------------------------------------------------------------------------------
+# Training
+# --------------------------------------------------------------------------------------------
+def _set_seed(seed: int) -> None:
+    torch.manual_seed(seed)
+    np.random.seed(seed % (2 ** 32))
+    if torch.cuda.is_available():
+        torch.cuda.manual_seed_all(seed)
+
+
+def _write_history(out: Path, history: list[dict]) -> None:
+    atomic_write(out / "history.json", lambda t: Path(t).write_text(json.dumps(history, indent=1)))
+    if history:
+        def w(t):
+            with open(t, "w", newline="") as fh:
+                wr = csv.DictWriter(fh, fieldnames=list(history[0]))
+                wr.writeheader()
+                wr.writerows(history)
+        atomic_write(out / "history.csv", w)
+
+
+def plot_history(history: list[dict], path, title: str = "") -> None:
+    import matplotlib
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+
+    ep = [h["epoch"] for h in history]
+    fig, ax = plt.subplots(1, 2, figsize=(10, 3.6))
+    ax[0].plot(ep, [h["train_loss"] for h in history], label="train")
+    ax[0].plot(ep, [h["val_loss"] for h in history], label="val")
+    ax[0].set_xlabel("epoch"), ax[0].set_ylabel("loss"), ax[0].legend()
+    ax[1].plot(ep, [h["train_acc"] for h in history], label="train")
+    ax[1].plot(ep, [h["val_acc"] for h in history], label="val")
+    ax[1].set_xlabel("epoch"), ax[1].set_ylabel("accuracy"), ax[1].legend()
+    fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+
+
+def _task_from(ds, extra: dict) -> dict:
+    task = dict(extra.get("task") or {})
+    task.setdefault("type", "multiclass")
+    return task
+
+
+def fit(model: torch.nn.Module, train_ds, val_ds, test_ds=None, cfg: TrainConfig = TrainConfig(),
+        out_dir: str | os.PathLike = "runs/run", resume: bool = True, meta: dict | None = None,
+        on_epoch_end: Callable[[dict, list[dict]], None] | None = None) -> dict:
+    """Train ``model`` and return the metrics dict (also written to ``out_dir/metrics.json``).
+
+    ``meta`` is merged into the checkpoint metadata (e.g. dataset description, CLI arguments,
+    ``task`` for one-vs-rest). ``on_epoch_end(row, history)`` is called after every epoch on
+    rank 0 (the notebooks draw live curves with it).
+    """
+    dist = DistInfo.current()
+    out = Path(out_dir)
+    if dist.main:
+        out.mkdir(parents=True, exist_ok=True)
+    meta = dict(meta or {})
+    if cfg.threads:
+        torch.set_num_threads(int(cfg.threads))
+    device = resolve_device(cfg.device)
+    _set_seed(cfg.seed)
+    task = _task_from(train_ds, meta)
+
+    # normalisation from the training split only, shared by every split and the checkpoint
+    if train_ds.normalization is None:
+        train_ds.set_normalization(*train_ds.compute_normalization())
+    for ds in (val_ds, test_ds):
+        if ds is not None:
+            ds.set_normalization(*train_ds.normalization)
+
+    model = model.to(device)
+    base_model = model
+    if dist.world > 1:
+        ddp_kw = {"device_ids": [device.index]} if device.type == "cuda" else {}
+        model = torch.nn.parallel.DistributedDataParallel(model, **ddp_kw)
+    if cfg.compile:
+        model = torch.compile(model)
+    optimizer = build_optimizer(base_model, cfg.lr, cfg.weight_decay)
+    local_bs = cfg.batch_size
+    steps_per_epoch = (len(train_ds) // local_bs) if cfg.drop_last and len(train_ds) >= local_bs \
+        else math.ceil(len(train_ds) / local_bs)
+    total_steps = steps_per_epoch * cfg.epochs
+    scheduler = warmup_cosine(optimizer, total_steps, int(cfg.warmup_frac * total_steps), cfg.min_lr_ratio)
+    gen = torch.Generator().manual_seed(cfg.seed)          # sampling / mixup (same on all ranks)
+    aug_gen = torch.Generator().manual_seed(cfg.seed * 1000 + 17 + dist.rank)  # augmentation per rank
+    weights = None
+    if cfg.class_weights:
+        counts = torch.bincount(train_ds.labels, minlength=train_ds.num_classes).float().clamp_min(1)
+        weights = (counts.sum() / (len(counts) * counts)).to(device)
+    use_amp = cfg.amp and device.type == "cuda"
+
+    history: list[dict] = []
+    best = {"val_acc": -1.0, "val_loss": float("inf"), "epoch": 0}
+    start_epoch = 0
+    last_path = out / "last.pt"
+    if resume and last_path.exists():
+        state = torch.load(last_path, map_location="cpu", weights_only=True)
+        base_model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        gen.set_state(state["gen"])
+        aug_gen.set_state(state["aug_gen"])
+        torch.set_rng_state(state["torch_rng"])
+        history, best, start_epoch = state["history"], state["best"], state["epoch"]
+        if dist.main:
+            print(f"resumed from {last_path} after epoch {start_epoch}")
+        if state.get("stopped"):
+            start_epoch = cfg.epochs
+
+    def ckpt_meta(metrics: dict) -> dict:
+        m = dict(meta)
+        m.update(model_name=getattr(base_model, "model_name", type(base_model).__name__),
+                 model_config=getattr(base_model, "model_config", {}),
+                 num_classes=train_ds.num_classes, class_names=train_ds.class_names,
+                 feature_config=train_ds.feature_cfg.to_dict(),
+                 normalization={"mean": train_ds.normalization[0].tolist(), "std": train_ds.normalization[1].tolist()},
+                 task=task, metrics=metrics, train_config=asdict(cfg))
+        return m
+
+    stopped = False
+    for epoch in range(start_epoch, cfg.epochs):
+        model.train()
+        t0 = time.perf_counter()
+        data_time, n_seen, loss_sum, correct = 0.0, 0, 0.0, 0.0
+        batches = epoch_batches(len(train_ds), cfg.batch_size, gen, True, cfg.drop_last, dist)
+        bar = None
+        if cfg.progress and dist.main:
+            from tqdm.auto import tqdm
+            bar = tqdm(total=steps_per_epoch, desc=f"epoch {epoch + 1}/{cfg.epochs}", leave=False)
+        for idx in batches:
+            td = time.perf_counter()
+            x, y = train_ds.get_batch(idx, aug_gen)
+            data_time += time.perf_counter() - td
+            x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+            mixed = cfg.mixup > 0 and float(torch.rand(1, generator=gen)) < cfg.mixup_prob
+            with torch.autocast("cuda", dtype=torch.bfloat16, enabled=use_amp):
+                if mixed:
+                    xm, ya, yb, lam = mixup_batch(x, y, cfg.mixup, gen)
+                    logits = model(xm)
+                    loss = lam * F.cross_entropy(logits.float(), ya, weights, label_smoothing=cfg.label_smoothing) + \
+                        (1 - lam) * F.cross_entropy(logits.float(), yb, weights, label_smoothing=cfg.label_smoothing)
+                else:
+                    logits = model(x)
+                    loss = F.cross_entropy(logits.float(), y, weights, label_smoothing=cfg.label_smoothing)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            if cfg.grad_clip and cfg.grad_clip > 0:
+                torch.nn.utils.clip_grad_norm_(base_model.parameters(), cfg.grad_clip)
+            optimizer.step()
+            scheduler.step()
+            if not torch.isfinite(loss):
+                raise FloatingPointError(f"non-finite training loss at epoch {epoch + 1}")
+            n_seen += len(y)
+            loss_sum += float(loss) * len(y)
+            correct += float((logits.argmax(-1) == y).sum())
+            if bar is not None:
+                bar.update(1)
+                bar.set_postfix(loss=f"{loss_sum / n_seen:.3f}")
+        if bar is not None:
+            bar.close()
+        if dist.world > 1:
+            import torch.distributed as tdist
+            agg = torch.tensor([loss_sum, correct, n_seen], dtype=torch.float64, device=device)
+            tdist.all_reduce(agg)
+            loss_sum, correct, n_seen = agg.tolist()
+        train_time = time.perf_counter() - t0
+        val = evaluate(base_model, val_ds, cfg.eval_batch_size, device, cfg.amp, task)
+        row = {"epoch": epoch + 1, "train_loss": loss_sum / max(1, n_seen), "train_acc": correct / max(1, n_seen),
+               "val_loss": val["loss"], "val_acc": val["accuracy"], "lr": optimizer.param_groups[0]["lr"],
+               "epoch_time": train_time, "data_time": data_time, "eval_time": time.perf_counter() - t0 - train_time}
+        history.append(row)
+        improved = (val["accuracy"] > best["val_acc"]) or \
+            (val["accuracy"] == best["val_acc"] and val["loss"] < best["val_loss"])
+        if improved:
+            best = {"val_acc": val["accuracy"], "val_loss": val["loss"], "epoch": epoch + 1}
+        stopped = cfg.patience > 0 and (epoch + 1 - best["epoch"]) >= cfg.patience
+        if dist.main:
+            if improved:
+                save_checkpoint(out / "best.safetensors", base_model, ckpt_meta({"best_val": best}))
+            state = {"model": base_model.state_dict(), "optimizer": optimizer.state_dict(),
+                     "scheduler": scheduler.state_dict(), "gen": gen.get_state(), "aug_gen": aug_gen.get_state(),
+                     "torch_rng": torch.get_rng_state(), "history": history, "best": best, "epoch": epoch + 1,
+                     "stopped": stopped}
+            atomic_write(last_path, lambda t: torch.save(state, t))
+            _write_history(out, history)
+            print(f"epoch {epoch + 1:3d}/{cfg.epochs} loss {row['train_loss']:.3f} acc {row['train_acc']:.3f} | "
+                  f"val loss {row['val_loss']:.3f} acc {row['val_acc']:.3f} | lr {row['lr']:.2e} | "
+                  f"{train_time:.1f}s (data {data_time:.1f}s)", flush=True)
+            if on_epoch_end is not None:
+                on_epoch_end(row, history)
+        if stopped:
+            if dist.main:
+                print(f"early stopping: no val improvement for {cfg.patience} epochs")
+            break
+
+    if dist.world > 1:
+        import torch.distributed as tdist
+        tdist.barrier()
+    return finalize(base_model, out, train_ds, val_ds, test_ds, cfg, device, history, best, task, ckpt_meta, dist)
+
+
+def finalize(model, out: Path, train_ds, val_ds, test_ds, cfg, device, history, best, task, ckpt_meta, dist) -> dict:
+    """Reload the best checkpoint, pick a binary threshold on validation, test once, write results."""
+    from training.checkpoint import load_checkpoint
+
+    state, _ = load_checkpoint(out / "best.safetensors", "cpu")
+    model.load_state_dict(state)
+    model.to(device)
+    val = evaluate(model, val_ds, cfg.eval_batch_size, device, cfg.amp, task)
+    if task.get("type") == "binary":
+        probs, labels = predict_proba(model, val_ds, cfg.eval_batch_size, device, cfg.amp)
+        task["threshold"] = best_threshold(probs[:, 1], labels == 1)   # chosen on validation only
+        val = evaluate(model, val_ds, cfg.eval_batch_size, device, cfg.amp, task)
+    test = evaluate(model, test_ds, cfg.eval_batch_size, device, cfg.amp, task) if test_ds is not None else None
+    epoch_times = [h["epoch_time"] for h in history]
+    metrics = {
+        "model": getattr(model, "model_name", type(model).__name__),
+        "params": sum(p.numel() for p in model.parameters()),
+        "best_epoch": best["epoch"], "epochs_run": len(history),
+        "val_acc": val["accuracy"], "val_macro_f1": val["macro_f1"], "n_val": val["n"],
+        "test_acc": test["accuracy"] if test else None, "test_macro_f1": test["macro_f1"] if test else None,
+        "n_test": test["n"] if test else 0,
+        "mean_epoch_time_s": float(np.mean(epoch_times)) if epoch_times else None,
+        "mean_data_time_s": float(np.mean([h["data_time"] for h in history])) if history else None,
+        "train_items_per_epoch": len(train_ds), "device": str(device),
+        "task": task,
+    }
+    if task.get("type") == "binary":
+        metrics["val_binary"] = val["binary"]
+        metrics["test_binary"] = test["binary"] if test else None
+    if test is not None:
+        metrics["test_per_class_accuracy"] = test["per_class_accuracy"]
+        metrics["test_confusion_matrix"] = test["confusion_matrix"]
+    if dist.main:
+        save_checkpoint(out / "best.safetensors", model, ckpt_meta({k: v for k, v in metrics.items()
+                                                                      if not k.startswith("test_confusion")}))
+        atomic_write(out / "metrics.json", lambda t: Path(t).write_text(json.dumps(metrics, indent=1)))
+        if history:
+            plot_history(history, out / "curves.png", metrics["model"])
+        print(f"best epoch {best['epoch']}: val acc {val['accuracy']:.4f}"
+              + (f" | test acc {test['accuracy']:.4f} (n={test['n']})" if test else ""), flush=True)
+    return metrics

@@ -1,0 +1,395 @@
+"""JEPA self-supervised pretraining of the ``vjepa2`` spectrogram ViT encoder (V-JEPA2-style).
+
+Objective
+---------
+* **Target encoder:** an EMA copy of the encoder (no gradients, eval mode). Targets are
+  ``h = LayerNorm_noaffine(target(x))`` over all tokens, gathered at the target indices.
+* **Context encoder:** the encoder being trained; it sees only the context tokens (positions are
+  added before the gather, so they survive masking).
+* **Predictor:** narrow ViT: ``Linear(D -> D_p)`` + 2-D sin-cos positions for the context tokens,
+  a zero-initialised mask token + positions at the target indices, ``pred_depth`` blocks, LN,
+  ``Linear(D_p -> D)``; returns the target tokens.
+* **Loss:** ``mean |z - h|`` (L1) over the target tokens.
+* **EMA:** after every optimiser step ``theta_t <- m theta_t + (1 - m) theta_c`` with ``m`` ramped
+  linearly from ``ema[0]`` to ``ema[1]`` (default 0.996 -> 1.0, I-JEPA style for short runs).
+* **Masks** (:class:`MaskConfig`, per sample, on the ``grid_t x grid_f`` token grid): the target is
+  the union of ``n_short`` short blocks (2-5 time x 2-4 mel tokens) and ``n_long`` long blocks (each a
+  random ``long_scale`` fraction of the grid, so the two cover about half of it); the context is the
+  complement, set to exactly ``Kc`` tokens (``Kc/N`` drawn per batch uniformly in ``context_ratio``,
+  default 25-50 %) by dropping random surplus context tokens or moving random target tokens into
+  it. Context and target are disjoint. Targets are cut to the batch-minimum size (random subset), so
+  index tensors are rectangular.
+
+Data: unlabelled ESC-50 clips of the training folds only (default folds 1-3; fold 5 - the test
+fold - is refused, fold 4 - validation - gives a warning).
+
+CLI::
+
+    python -m training.jepa --data-dir /work/shared/data/ESC-50 --out runs/vjepa2_jepa --epochs 20
+
+writes ``OUT/encoder.safetensors`` (the EMA target encoder, with its config as metadata) and
+``OUT/metrics.json``. Fine-tune it with the shared trainer::
+
+    python train.py --model vjepa2 --data-dir ... --config init_from=runs/vjepa2_jepa/encoder.safetensors
+
+(use the same ``--preset`` / encoder ``--config`` keys for both; a mismatch is an error).
+"""
+from __future__ import annotations
+
+import argparse
+import ast
+import copy
+import json
+import math
+import os
+import sys
+import time
+import warnings
+from dataclasses import asdict, dataclass
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from timm.models.vision_transformer import Block
+from functools import partial
+
+from models.vjepa2 import (SpecViTEncoder, TokenGrid, _init_weights, _rescale_blocks, save_encoder,
+                           sincos_pos_embed_2d)
+
+__all__ = ["MaskConfig", "sample_mask", "context_range", "sample_batch_masks", "JEPAPredictor", "JEPA", "PRED_PRESETS",
+           "pretrain", "main"]
+
+# predictor size per encoder preset (None = the constructor-default CPU config)
+PRED_PRESETS = {
+    None: dict(pred_dim=96, pred_depth=4, pred_heads=3),
+    "tiny": dict(pred_dim=16, pred_depth=1, pred_heads=2),
+    "small": dict(pred_dim=96, pred_depth=4, pred_heads=3),
+    "gpu": dict(pred_dim=192, pred_depth=6, pred_heads=6),
+}
+
+
+# ----------------------------------------------------------------------------------------------
+# masks
+# ----------------------------------------------------------------------------------------------
+@dataclass
+class MaskConfig:
+    n_short: int = 6
+    short_t: tuple[int, int] = (2, 5)        # inclusive range of block length in time tokens
+    short_f: tuple[int, int] = (2, 4)        # inclusive range of block height in mel tokens
+    n_long: int = 2
+    long_scale: tuple[float, float] = (0.2, 0.3)  # area of each long block, fraction of the grid
+    context_ratio: tuple[float, float] = (0.25, 0.5)
+
+
+def _randint(lo: int, hi: int, g: torch.Generator | None) -> int:
+    """Uniform integer in [lo, hi] (inclusive)."""
+    return int(torch.randint(lo, hi + 1, (1,), generator=g))
+
+
+def _place(mask: torch.Tensor, bt: int, bf: int, g) -> None:
+    gt, gf = mask.shape
+    bt, bf = max(1, min(bt, gt)), max(1, min(bf, gf))
+    t0, f0 = _randint(0, gt - bt, g), _randint(0, gf - bf, g)
+    mask[t0:t0 + bt, f0:f0 + bf] = True
+
+
+def sample_mask(grid_t: int, grid_f: int, cfg: MaskConfig = MaskConfig(),
+                generator: torch.Generator | None = None,
+                n_context: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """One sample's (context_idx, target_idx): sorted LongTensors of t-major token indices, disjoint.
+
+    The target starts as the union of the blocks and the context as its complement; then the context
+    is set to exactly ``n_context`` tokens (default: drawn uniformly from
+    ``[ceil(lo*N), floor(hi*N)]``, ``N = grid_t*grid_f``) by dropping random surplus context tokens
+    (they become neither) or by moving random target tokens into the context.
+    """
+    g = generator
+    n = grid_t * grid_f
+    tgt = torch.zeros(grid_t, grid_f, dtype=torch.bool)
+    for _ in range(cfg.n_short):
+        _place(tgt, _randint(*cfg.short_t, g), _randint(*cfg.short_f, g), g)
+    for _ in range(cfg.n_long):
+        scale = cfg.long_scale[0] + (cfg.long_scale[1] - cfg.long_scale[0]) * float(torch.rand(1, generator=g))
+        area = max(1.0, scale * n)
+        bf = _randint(max(1, round(grid_f / 4)), grid_f, g)
+        _place(tgt, round(area / bf), bf, g)
+    tgt = tgt.flatten()
+    if n_context is None:
+        n_context = _randint(*context_range(n, cfg), g)
+    n_context = max(1, min(n_context, n - 1))
+    ctx = ~tgt
+    n_ctx = int(ctx.sum())
+    if n_ctx > n_context:   # drop surplus context tokens
+        idx = ctx.nonzero().squeeze(1)
+        ctx[idx[torch.randperm(len(idx), generator=g)[: n_ctx - n_context]]] = False
+    elif n_ctx < n_context:  # move target tokens to the context
+        idx = tgt.nonzero().squeeze(1)
+        mv = idx[torch.randperm(len(idx), generator=g)[: n_context - n_ctx]]
+        tgt[mv] = False
+        ctx[mv] = True
+    return ctx.nonzero().squeeze(1), tgt.nonzero().squeeze(1)
+
+
+def context_range(n_tokens: int, cfg: MaskConfig = MaskConfig()) -> tuple[int, int]:
+    """Inclusive range of context sizes allowed by ``cfg.context_ratio`` on ``n_tokens`` tokens."""
+    lo = max(1, math.ceil(cfg.context_ratio[0] * n_tokens - 1e-9))
+    hi = max(lo, math.floor(cfg.context_ratio[1] * n_tokens + 1e-9))
+    return lo, hi
+
+
+def sample_batch_masks(batch: int, grid_t: int, grid_f: int, cfg: MaskConfig = MaskConfig(),
+                       generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Masks for a batch: one context size ``Kc`` is drawn for the whole batch (so every sample has
+    exactly ``Kc`` context tokens); targets are cut (random subset, kept sorted) to the batch-minimum
+    size ``Kt``. Returns ``ctx_idx[B, Kc]``, ``tgt_idx[B, Kt]``."""
+    kc = _randint(*context_range(grid_t * grid_f, cfg), generator)
+    pairs = [sample_mask(grid_t, grid_f, cfg, generator, n_context=kc) for _ in range(batch)]
+    kt = min(len(t) for _, t in pairs)
+
+    def cut(ix, k):
+        return ix[torch.randperm(len(ix), generator=generator)[:k]].sort().values
+
+    return torch.stack([c for c, _ in pairs]), torch.stack([cut(t, kt) for _, t in pairs])
+
+
+# ----------------------------------------------------------------------------------------------
+# predictor and JEPA wrapper
+# ----------------------------------------------------------------------------------------------
+class JEPAPredictor(nn.Module):
+    def __init__(self, embed_dim: int, grid: TokenGrid, pred_dim: int = 96, depth: int = 4,
+                 num_heads: int = 3, mlp_ratio: float = 4.0):
+        super().__init__()
+        norm = partial(nn.LayerNorm, eps=1e-6)
+        self.embed = nn.Linear(embed_dim, pred_dim)
+        self.register_buffer("pos_embed", sincos_pos_embed_2d(pred_dim, grid.grid_t, grid.grid_f), persistent=False)
+        self.mask_token = nn.Parameter(torch.zeros(1, 1, pred_dim))  # zero init
+        self.blocks = nn.ModuleList(Block(pred_dim, num_heads, mlp_ratio, qkv_bias=True, norm_layer=norm)
+                                    for _ in range(depth))
+        self.norm = norm(pred_dim)
+        self.proj = nn.Linear(pred_dim, embed_dim)
+        self.apply(_init_weights)
+        _rescale_blocks(self.blocks)
+
+    def forward(self, ctx: torch.Tensor, ctx_idx: torch.Tensor, tgt_idx: torch.Tensor) -> torch.Tensor:
+        """``ctx[B, Kc, D]`` context features -> predictions ``[B, Kt, D]`` at ``tgt_idx``."""
+        kc = ctx.shape[1]
+        c = self.embed(ctx) + self.pos_embed[ctx_idx]
+        m = self.mask_token + self.pos_embed[tgt_idx]
+        z = torch.cat([c, m.to(c.dtype)], dim=1)
+        for blk in self.blocks:
+            z = blk(z)
+        return self.proj(self.norm(z[:, kc:]))
+
+
+class JEPA(nn.Module):
+    """Context encoder + EMA target encoder + predictor. ``forward(x)`` returns the L1 JEPA loss."""
+
+    def __init__(self, encoder: SpecViTEncoder, pred_dim=96, pred_depth=4, pred_heads=3,
+                 mask_cfg: MaskConfig | None = None):
+        super().__init__()
+        self.encoder = encoder
+        self.target_encoder = copy.deepcopy(encoder).requires_grad_(False).eval()
+        self.predictor = JEPAPredictor(encoder.embed_dim, encoder.grid, pred_dim, pred_depth, pred_heads)
+        self.mask_cfg = mask_cfg or MaskConfig()
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        self.target_encoder.eval()
+        return self
+
+    def trainable(self) -> nn.Module:
+        """The modules the optimiser updates (context encoder and predictor)."""
+        return nn.ModuleDict({"encoder": self.encoder, "predictor": self.predictor})
+
+    def forward(self, x, ctx_idx=None, tgt_idx=None, generator=None, return_stats=False):
+        tub = self.encoder.to_tubelets(x)  # one crop shared by both encoders
+        if ctx_idx is None:
+            g = self.encoder.grid
+            ctx_idx, tgt_idx = sample_batch_masks(x.shape[0], g.grid_t, g.grid_f, self.mask_cfg, generator)
+            ctx_idx, tgt_idx = ctx_idx.to(x.device), tgt_idx.to(x.device)
+        with torch.no_grad():
+            h = self.target_encoder(tub, tubelets=True)
+            h = F.layer_norm(h.float(), (h.shape[-1],))
+            h = h.gather(1, tgt_idx.unsqueeze(-1).expand(-1, -1, h.shape[-1]))
+        z = self.encoder(tub, keep_idx=ctx_idx, tubelets=True)
+        p = self.predictor(z, ctx_idx, tgt_idx)
+        loss = (p.float() - h).abs().mean()
+        if return_stats:
+            return loss, {"pred_std": float(p.detach().float().std(dim=(0, 1)).mean()),
+                          "ctx_frac": ctx_idx.shape[1] / self.encoder.grid.n_tokens,
+                          "tgt_frac": tgt_idx.shape[1] / self.encoder.grid.n_tokens}
+        return loss
+
+    @torch.no_grad()
+    def ema_update(self, m: float) -> None:
+        """``theta_t <- m * theta_t + (1 - m) * theta_c`` for every encoder parameter."""
+        tgt = list(self.target_encoder.parameters())
+        src = [p.detach() for p in self.encoder.parameters()]
+        torch._foreach_lerp_(tgt, src, 1.0 - m)
+
+
+# ----------------------------------------------------------------------------------------------
+# pretraining loop
+# ----------------------------------------------------------------------------------------------
+def _optim_and_sched(module: nn.Module, lr: float, wd: float, total: int, warmup: int):
+    """The shared engine's optimiser and schedule (fallback: plain AdamW with the same grouping
+    rule and a linear-warmup cosine schedule, for use before training.engine exists)."""
+    try:
+        from training.engine import build_optimizer, warmup_cosine
+        opt = build_optimizer(module, lr, wd)
+        return opt, warmup_cosine(opt, total, warmup)
+    except ImportError:
+        warnings.warn("training.engine not importable; using a local AdamW + warmup-cosine fallback")
+        decay, no_decay = [], []
+        for p in module.parameters():
+            if p.requires_grad:
+                (no_decay if p.ndim <= 1 else decay).append(p)
+        opt = torch.optim.AdamW([{"params": decay, "weight_decay": wd},
+                                 {"params": no_decay, "weight_decay": 0.0}], lr=lr)
+
+        def f(step):
+            if step < warmup:
+                return (step + 1) / max(1, warmup)
+            return 0.5 * (1 + math.cos(math.pi * min(1.0, (step - warmup) / max(1, total - warmup))))
+
+        return opt, torch.optim.lr_scheduler.LambdaLR(opt, f)
+
+
+def pretrain(jepa: JEPA, loader, epochs: int, lr: float = 5e-4, weight_decay: float = 0.05,
+             warmup_frac: float = 0.05, ema: tuple[float, float] = (0.996, 1.0), grad_clip: float = 1.0,
+             max_steps: int | None = None, device: str = "cpu", out_dir: str | None = None,
+             export: str = "target", log=print, seed: int = 0, amp: bool = False) -> list[dict]:
+    """Run JEPA pretraining; returns per-epoch metrics. Writes ``out_dir/encoder.safetensors`` after
+    each epoch when ``out_dir`` is given."""
+    steps_per_epoch = len(loader) if max_steps is None else min(len(loader), max_steps)
+    total = max(1, steps_per_epoch * epochs)
+    opt, sched = _optim_and_sched(jepa.trainable(), lr, weight_decay, total, int(warmup_frac * total))
+    gen = torch.Generator().manual_seed(seed)
+    jepa.to(device).train()
+    step, history = 0, []
+    use_amp = amp and device.startswith("cuda")
+    for epoch in range(epochs):
+        t0, losses, stats = time.perf_counter(), [], {}
+        for i, batch in enumerate(loader):
+            if i >= steps_per_epoch:
+                break
+            x = (batch[0] if isinstance(batch, (list, tuple)) else batch).to(device, non_blocking=True)
+            with torch.autocast("cuda", dtype=torch.bfloat16, enabled=use_amp):
+                loss, stats = jepa(x, generator=gen, return_stats=True)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            if grad_clip:
+                torch.nn.utils.clip_grad_norm_(jepa.trainable().parameters(), grad_clip)
+            opt.step()
+            sched.step()
+            step += 1
+            jepa.ema_update(ema[0] + (ema[1] - ema[0]) * min(1.0, step / total))
+            losses.append(loss.item())
+        rec = {"epoch": epoch + 1, "step": step, "loss": sum(losses) / max(1, len(losses)),
+               "lr": opt.param_groups[0]["lr"], "ema": ema[0] + (ema[1] - ema[0]) * min(1.0, step / total),
+               "time_s": time.perf_counter() - t0, **stats}
+        history.append(rec)
+        log(json.dumps(rec))
+        if out_dir:
+            enc = jepa.target_encoder if export == "target" else jepa.encoder
+            save_encoder(enc, os.path.join(out_dir, "encoder.safetensors"), epoch=epoch + 1, export=export)
+    return history
+
+
+def _parse_config(items: list[str]) -> dict:
+    out = {}
+    for it in items or []:
+        k, _, v = it.partition("=")
+        try:
+            out[k] = ast.literal_eval(v)
+        except (ValueError, SyntaxError):
+            out[k] = v
+    return out
+
+
+def build_jepa(n_frames: int, n_mels: int, preset: str | None = None, config: dict | None = None,
+               pred: dict | None = None, mask_cfg: MaskConfig | None = None) -> tuple[JEPA, dict]:
+    """Build the encoder exactly as ``models.build_model('vjepa2', preset, **config)`` would, and
+    wrap it. Returns (jepa, resolved model config)."""
+    from models import build_model
+
+    config = dict(config or {})
+    config.pop("init_from", None)
+    model = build_model("vjepa2", n_mels=n_mels, n_frames=n_frames, preset=preset, **config)
+    p = dict(PRED_PRESETS.get(preset, PRED_PRESETS[None]))
+    p.update(pred or {})
+    return JEPA(model.encoder, mask_cfg=mask_cfg, **p), {**model.model_config, **p}
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(prog="python -m training.jepa", description=__doc__.split("\n\n")[0],
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--data-dir", required=True, help="ESC-50 root (with audio/ and meta/)")
+    ap.add_argument("--out", default="runs/vjepa2_jepa", help="output dir (encoder.safetensors, metrics.json)")
+    ap.add_argument("--folds", type=int, nargs="+", default=[1, 2, 3], help="unlabelled training folds")
+    ap.add_argument("--epochs", type=int, default=20)
+    ap.add_argument("--batch-size", type=int, default=32)
+    ap.add_argument("--lr", type=float, default=5e-4)
+    ap.add_argument("--weight-decay", type=float, default=0.05)
+    ap.add_argument("--warmup-frac", type=float, default=0.05)
+    ap.add_argument("--grad-clip", type=float, default=1.0)
+    ap.add_argument("--ema", type=float, nargs=2, default=(0.996, 1.0), metavar=("START", "END"))
+    ap.add_argument("--preset", default=None, help="vjepa2 model preset (tiny/small/gpu); default CPU config")
+    ap.add_argument("--config", nargs="*", default=[], metavar="KEY=VALUE",
+                    help="vjepa2 model overrides, same as train.py --config (encoder keys must match at fine-tune)")
+    ap.add_argument("--drop-path", type=float, default=0.0, help="drop path of the context encoder while pretraining")
+    ap.add_argument("--pred-dim", type=int, default=None)
+    ap.add_argument("--pred-depth", type=int, default=None)
+    ap.add_argument("--pred-heads", type=int, default=None)
+    ap.add_argument("--context-ratio", type=float, nargs=2, default=(0.25, 0.5), metavar=("MIN", "MAX"))
+    ap.add_argument("--augment", action="store_true", help="use the dataset's training augmentation")
+    ap.add_argument("--export", choices=["target", "context"], default="target",
+                    help="which encoder to write (V-JEPA uses the EMA target)")
+    ap.add_argument("--max-steps", type=int, default=None, help="cap steps per epoch (smoke tests)")
+    ap.add_argument("--threads", type=int, default=None, help="torch.set_num_threads")
+    ap.add_argument("--num-workers", type=int, default=0)
+    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument("--amp", action="store_true", help="bf16 autocast on CUDA")
+    ap.add_argument("--seed", type=int, default=0)
+    args = ap.parse_args(argv)
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    torch.manual_seed(args.seed)
+    if 5 in args.folds:
+        ap.error("fold 5 is the test fold; it must never be used for pretraining")
+    if 4 in args.folds:
+        warnings.warn("fold 4 is the validation fold; pretraining on it leaks into model selection")
+
+    from audio_utils import ESC50Dataset
+
+    ds = ESC50Dataset(args.data_dir, folds=args.folds, mode="sequence", augment=args.augment)
+    n_frames, n_mels = tuple(ds[0][0].shape)
+    config = _parse_config(args.config)
+    config["drop_path"] = args.drop_path
+    pred = {k: v for k, v in dict(pred_dim=args.pred_dim, pred_depth=args.pred_depth,
+                                  pred_heads=args.pred_heads).items() if v is not None}
+    mask_cfg = MaskConfig(context_ratio=tuple(args.context_ratio))
+    jepa, resolved = build_jepa(n_frames, n_mels, args.preset, config, pred, mask_cfg)
+    loader = torch.utils.data.DataLoader(ds, batch_size=args.batch_size, shuffle=True, drop_last=True,
+                                         num_workers=args.num_workers,
+                                         generator=torch.Generator().manual_seed(args.seed))
+    os.makedirs(args.out, exist_ok=True)
+    n_params = sum(p.numel() for p in jepa.trainable().parameters())
+    print(f"JEPA pretraining: {len(ds)} clips (folds {args.folds}), grid {jepa.encoder.grid}, "
+          f"{n_params / 1e6:.2f} M trainable params, {len(loader)} steps/epoch", flush=True)
+    t0 = time.perf_counter()
+    hist = pretrain(jepa, loader, args.epochs, args.lr, args.weight_decay, args.warmup_frac, tuple(args.ema),
+                    args.grad_clip, args.max_steps, args.device, args.out, args.export,
+                    log=lambda s: print(s, flush=True), seed=args.seed, amp=args.amp)
+    summary = {"args": vars(args), "model_config": resolved, "mask": asdict(MaskConfig(context_ratio=tuple(args.context_ratio))),
+               "n_clips": len(ds), "trainable_params": n_params, "total_time_s": time.perf_counter() - t0,
+               "history": hist, "encoder": os.path.join(args.out, "encoder.safetensors")}
+    with open(os.path.join(args.out, "metrics.json"), "w") as f:
+        json.dump(summary, f, indent=1)
+    print(f"wrote {summary['encoder']} ({summary['total_time_s']:.1f} s)")
+    return summary
+
+
+if __name__ == "__main__":
+    main()
