@@ -48,6 +48,7 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--classes", help="folder dataset: comma-separated classes to keep")
     d.add_argument("--split-seed", type=int, default=0, help="folder dataset: seed of the stratified split")
     d.add_argument("--one-vs-rest", metavar="CLASS", help="binary task: CLASS vs all others")
+    d.add_argument("--feature-preset", help="named feature settings (training/presets.py: esc50, drums)")
     d.add_argument("--feature", action="append", metavar="KEY=VALUE",
                    help="feature option (sample_rate, n_fft, hop_length, n_mels, duration, n_frames, onset_align)")
     d.add_argument("--no-augment", action="store_true", help="disable augmentation")
@@ -68,26 +69,42 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def data_spec_from_args(args):
+    """The :class:`training.data.DataSpec` described by parsed CLI arguments (shared with training.cv)."""
+    from training.data import DataSpec
+    from training.presets import feature_preset
+
+    feature_config = feature_preset(args.feature_preset).to_dict() if args.feature_preset else {}
+    feature_config.update(parse_kv(args.feature, "--feature"))
+    return DataSpec(kind=args.dataset, root=args.data_dir, train_folds=args.train_folds,
+                    val_folds=args.val_folds, test_folds=args.test_folds,
+                    classes=tuple(c.strip() for c in args.classes.split(",")) if args.classes else None,
+                    split_seed=args.split_seed, feature_config=feature_config,
+                    augment=not args.no_augment, expansion=args.expansion, cache_dir=args.cache_dir,
+                    one_vs_rest=args.one_vs_rest)
+
+
+def train_config_from_args(args):
+    """The :class:`training.engine.TrainConfig` described by parsed CLI arguments (shared with training.cv)."""
+    from training.runner import make_train_config
+
+    if args.model not in models.available():
+        raise ValueError(f"unknown model '{args.model}'; available: {', '.join(models.available())}")
+    return make_train_config(
+        args.model, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, weight_decay=args.weight_decay,
+        warmup_frac=args.warmup_frac, mixup=args.mixup, label_smoothing=args.label_smoothing,
+        grad_clip=args.grad_clip, patience=args.patience, seed=args.seed, threads=args.threads,
+        device=args.device, amp=not args.no_amp, class_weights=args.class_weights or None,
+        compile=args.compile or None, progress=not args.no_progress)
+
+
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        from training.data import DataSpec
-        from training.runner import make_train_config, train_model
+        from training.runner import train_model
 
-        if args.model not in models.available():
-            raise ValueError(f"unknown model '{args.model}'; available: {', '.join(models.available())}")
-        spec = DataSpec(kind=args.dataset, root=args.data_dir, train_folds=args.train_folds,
-                        val_folds=args.val_folds, test_folds=args.test_folds,
-                        classes=tuple(c.strip() for c in args.classes.split(",")) if args.classes else None,
-                        split_seed=args.split_seed, feature_config=parse_kv(args.feature, "--feature"),
-                        augment=not args.no_augment, expansion=args.expansion, cache_dir=args.cache_dir,
-                        one_vs_rest=args.one_vs_rest)
-        cfg = make_train_config(
-            args.model, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, weight_decay=args.weight_decay,
-            warmup_frac=args.warmup_frac, mixup=args.mixup, label_smoothing=args.label_smoothing,
-            grad_clip=args.grad_clip, patience=args.patience, seed=args.seed, threads=args.threads,
-            device=args.device, amp=not args.no_amp, class_weights=args.class_weights or None,
-            compile=args.compile or None, progress=not args.no_progress)
+        cfg = train_config_from_args(args)
+        spec = data_spec_from_args(args)
         out = Path(args.out or f"runs/{args.model}")
         metrics = train_model(args.model, spec, out, cfg, preset=args.preset,
                               model_config=parse_kv(args.config, "--config"), resume=not args.no_resume,

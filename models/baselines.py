@@ -63,7 +63,7 @@ class CNNClassifier(nn.Module):
     """Four conv3x3-BN-ReLU-maxpool blocks on the spectrogram image, then mean+max pooling -> linear."""
 
     def __init__(self, num_classes: int = 50, n_mels: int = 128, n_frames: int = 155,
-                 channels=(32, 64, 128, 256), dropout: float = 0.3):
+                 channels=(24, 48, 96, 192), dropout: float = 0.3):
         super().__init__()
         blocks, cin = [], 1
         for c in channels:

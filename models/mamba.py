@@ -54,6 +54,11 @@ def cuda_kernels() -> dict:
     return _CUDA_KERNELS
 
 
+def _fp32(t: torch.Tensor) -> torch.Tensor:
+    """float32 for half-precision tensors; float32/float64 tensors unchanged (float64 for tests)."""
+    return t if t.dtype in (torch.float32, torch.float64) else t.float()
+
+
 def _no_weight_decay(p: nn.Parameter) -> nn.Parameter:
     p._optim = {"weight_decay": 0.0}
     p._no_weight_decay = True  # the attribute mamba_ssm itself sets
@@ -139,10 +144,10 @@ class Mamba(nn.Module):
         dt = (dt @ dt_proj.weight.t()).transpose(1, 2)         # (B, E, L), bias added in the scan
         Bm = Bm.transpose(1, 2).contiguous()                   # (B, N, L)
         Cm = Cm.transpose(1, 2).contiguous()
-        A = -torch.exp(A_log.float())                          # (E, N)
+        A = -torch.exp(_fp32(A_log))                          # (E, N)
         scan = cuda_kernels()["selective_scan_fn"] if use_cuda else selective_scan
-        return scan(x.contiguous(), dt.contiguous(), A, Bm, Cm, D.float(), z=z.contiguous(),
-                    delta_bias=dt_proj.bias.float(), delta_softplus=True)
+        return scan(x.contiguous(), dt.contiguous(), A, Bm, Cm, _fp32(D), z=z.contiguous(),
+                    delta_bias=_fp32(dt_proj.bias), delta_softplus=True)
 
     def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
         use_cuda = self._use_cuda(hidden_states)

@@ -34,6 +34,8 @@ upcast and the output is cast back to ``u.dtype``.
 """
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 
@@ -49,6 +51,7 @@ def _compute_dtype(t: torch.Tensor) -> torch.dtype:
 # the last-level cache and cost no page faults (fresh 80 MB tensors made every op ~5x slower), while
 # each time step is still a whole (B, D, N) slice, big enough for intra-op threading.
 CHUNK_ELEMENTS = 1 << 19
+_LOG2E = 1.0 / math.log(2.0)
 
 
 def _chunk_len(L: int, Bsz: int, D: int, N: int, chunk_len: int | None = None) -> int:
@@ -57,13 +60,17 @@ def _chunk_len(L: int, Bsz: int, D: int, N: int, chunk_len: int | None = None) -
     return max(1, min(L, int(chunk_len)))
 
 
-def _forward_chunk(u, delta, A, B, h0, dA, h):
-    """States of one time chunk. u, delta: (T, B, D); B: (T, B, N); h0: (B, D, N) state before the
-    chunk or None for zeros; dA, h: (T, B, D, N) work buffers, overwritten with exp(delta*A) and
-    the states h_t."""
-    torch.mul(delta.unsqueeze(-1), A, out=dA)
-    dA.exp_()  # in (0, 1] since A < 0: no overflow whatever delta * |A| is
-    torch.mul((delta * u).unsqueeze(-1), B.unsqueeze(2), out=h)
+def _forward_chunk(du, delta, A2t, B, h0, dA, h):
+    """States of one time chunk, in the (T, B, N, D) layout.
+
+    du = delta*u, delta: (T, B, D); A2t = (A * log2(e))^T: (N, D); B: (T, B, N);
+    h0: (B, N, D) state before the chunk or None for zeros; dA, h: (T, B, N, D) work buffers,
+    overwritten with exp(delta*A) and the states h_t."""
+    torch.mul(delta.unsqueeze(2), A2t, out=dA)
+    # exp(x) = exp2(x * log2(e)): exp2 is ~4x faster than exp on CPU and has no slow path for
+    # large negative x. Always in [0, 1] since A < 0: no overflow whatever delta * |A| is.
+    dA.exp2_()
+    torch.mul(du.unsqueeze(2), B.unsqueeze(-1), out=h)
     if h0 is not None:
         h[0].addcmul_(dA[0], h0)
     for t in range(1, h.shape[0]):
@@ -78,8 +85,11 @@ class SelectiveScanCore(torch.autograd.Function):
     ``B``, ``C``: ``(L, B, N)``; ``chunk_len``: time steps per chunk (None: automatic).
     Returns ``y``: ``(L, B, D)`` and the last state ``(B, D, N)`` (not differentiable).
 
-    Only the states at chunk ends are kept for the backward, which recomputes ``exp(delta*A)``
-    and the states chunk by chunk (as the CUDA kernel does), last chunk first.
+    Internally the states are laid out ``(T, B, N, D)`` so that every contraction over N
+    (``y = C.h``, ``B.g``) is a fast row-vector x matrix product and every contraction over D a
+    reduction over the contiguous axis. Only the states at chunk ends are kept for the backward,
+    which recomputes ``exp(delta*A)`` and the states chunk by chunk (as the CUDA kernel does),
+    last chunk first.
     """
 
     @staticmethod
@@ -88,20 +98,22 @@ class SelectiveScanCore(torch.autograd.Function):
         N = A.shape[1]
         T = _chunk_len(L, Bsz, D, N, chunk_len)
         starts = list(range(0, L, T))
-        dA_buf = u.new_empty(T, Bsz, D, N)
-        h_buf = u.new_empty(T, Bsz, D, N)
+        A2t = (A * _LOG2E).t().contiguous()
+        du = delta * u
+        dA_buf = u.new_empty(T, Bsz, N, D)
+        h_buf = u.new_empty(T, Bsz, N, D)
         y = u.new_empty(L, Bsz, D)
-        ends = u.new_empty(len(starts), Bsz, D, N)  # state at the end of every chunk
+        ends = u.new_empty(len(starts), Bsz, N, D)  # state at the end of every chunk
         for c, t0 in enumerate(starts):
             t1 = min(L, t0 + T)
             dA, h = dA_buf[: t1 - t0], h_buf[: t1 - t0]
-            _forward_chunk(u[t0:t1], delta[t0:t1], A, B[t0:t1], ends[c - 1] if c else None, dA, h)
-            # y_t = h_t @ C_t : (T, B, D, N) @ (T, B, N, 1)
-            torch.matmul(h, C[t0:t1].unsqueeze(-1), out=y[t0:t1].unsqueeze(-1))
+            _forward_chunk(du[t0:t1], delta[t0:t1], A2t, B[t0:t1], ends[c - 1] if c else None, dA, h)
+            # y_t = C_t h_t : (T, B, 1, N) @ (T, B, N, D)
+            torch.matmul(C[t0:t1].unsqueeze(-2), h, out=y[t0:t1].unsqueeze(-2))
             ends[c] = h[-1]
         ctx.save_for_backward(u, delta, A, B, C, ends)
         ctx.chunk_len = T
-        last = ends[-1].clone()
+        last = ends[-1].transpose(-1, -2).contiguous()
         ctx.mark_non_differentiable(last)
         return y, last
 
@@ -112,39 +124,39 @@ class SelectiveScanCore(torch.autograd.Function):
         N = A.shape[1]
         T = ctx.chunk_len
         gy = gy.contiguous()
-        dA_buf = u.new_empty(T, Bsz, D, N)
-        h_buf = u.new_empty(T, Bsz, D, N)
-        g_buf = u.new_empty(T, Bsz, D, N)
+        At = A.t().contiguous()
+        A2t = At * _LOG2E
+        du = delta * u
+        dA_buf, h_buf, g_buf, tmp_buf = (u.new_empty(T, Bsz, N, D) for _ in range(4))
         gu = torch.empty_like(u)
         gdelta = torch.empty_like(delta)
-        gA = torch.zeros_like(A)
+        gAt = torch.zeros_like(At)
         gB = torch.empty_like(B)
         gC = torch.empty_like(C)
-        ones_n = u.new_ones(N, 1)
         g_next = None  # dA_{t1} * g_{t1}: what the chunk after this one feeds back into g_{t1 - 1}
         starts = list(range(0, L, T))
         for c in range(len(starts) - 1, -1, -1):
             t0 = starts[c]
             t1 = min(L, t0 + T)
             n = t1 - t0
-            dA, h, g = dA_buf[:n], h_buf[:n], g_buf[:n]
-            u_s, d_s, B_s, C_s, gy_s = u[t0:t1], delta[t0:t1], B[t0:t1], C[t0:t1], gy[t0:t1]
+            dA, h, g, tmp = dA_buf[:n], h_buf[:n], g_buf[:n], tmp_buf[:n]
+            u_s, d_s, du_s, B_s, C_s, gy_s = u[t0:t1], delta[t0:t1], du[t0:t1], B[t0:t1], C[t0:t1], gy[t0:t1]
             h0 = ends[c - 1] if c else None
-            _forward_chunk(u_s, d_s, A, B_s, h0, dA, h)
-            # gC_t[n] = sum_d gy_t[d] h_t[d, n] : (T, B, 1, D) @ (T, B, D, N)
-            torch.matmul(gy_s.unsqueeze(-2), h, out=gC[t0:t1].unsqueeze(-2))
+            _forward_chunk(du_s, d_s, A2t, B_s, h0, dA, h)
+            # gC_t[n] = sum_d gy_t[d] h_t[n, d]
+            torch.sum(torch.mul(h, gy_s.unsqueeze(2), out=tmp), dim=-1, out=gC[t0:t1])
             # adjoint state g_t = gy_t * C_t + dA_{t+1} * g_{t+1}
-            torch.mul(gy_s.unsqueeze(-1), C_s.unsqueeze(2), out=g)
+            torch.mul(C_s.unsqueeze(-1), gy_s.unsqueeze(2), out=g)
             if g_next is not None:
                 g[-1] += g_next
             for t in range(n - 2, -1, -1):
                 g[t].addcmul_(dA[t + 1], g[t + 1])
             g_next = dA[0] * g[0]
-            # sum_n g_t[n] B_t[n] : (T, B, D, N) @ (T, B, N, 1)
-            gBs = torch.matmul(g, B_s.unsqueeze(-1)).squeeze(-1)  # (T, B, D)
+            # sum_n B_t[n] g_t[n, d] : (T, B, 1, N) @ (T, B, N, D)
+            gBs = torch.matmul(B_s.unsqueeze(-2), g).squeeze(-2)  # (T, B, D)
             torch.mul(gBs, d_s, out=gu[t0:t1])
-            # gB_t[n] = sum_d g_t[d, n] delta_t[d] u_t[d] : (T, B, 1, D) @ (T, B, D, N)
-            torch.matmul((d_s * u_s).unsqueeze(-2), g, out=gB[t0:t1].unsqueeze(-2))
+            # gB_t[n] = sum_d g_t[n, d] delta_t[d] u_t[d]
+            torch.sum(torch.mul(g, du_s.unsqueeze(2), out=tmp), dim=-1, out=gB[t0:t1])
             # w_t = d loss / d(delta_t * A) = g_t * dA_t * h_{t-1}, in g's storage
             w = g
             if n > 1:
@@ -153,12 +165,12 @@ class SelectiveScanCore(torch.autograd.Function):
                 w[0].zero_()
             else:
                 w[0].mul_(dA[0]).mul_(h0)
-            # gA[d, n] += sum_{t, b} w_t[d, n] delta_t[d]   (dA and h are free now: reuse them)
-            gA += torch.mul(w, d_s.unsqueeze(-1), out=dA).sum((0, 1))
-            # gdelta_t[d] = u_t sum_n g_t B_t + sum_n w_t[d, n] A[d, n]
-            gdA = torch.matmul(torch.mul(w, A, out=h), ones_n).squeeze(-1)
+            # gA[d, n] += sum_{t, b} w_t[n, d] delta_t[d]
+            gAt += torch.mul(w, d_s.unsqueeze(2), out=tmp).sum((0, 1))
+            # gdelta_t[d] = u_t sum_n B_t g_t + sum_n w_t[n, d] A[d, n]
+            gdA = torch.mul(w, At, out=tmp).sum(-2)
             torch.addcmul(gdA, gBs, u_s, out=gdelta[t0:t1])
-        return gu, gdelta, gA, gB, gC, None
+        return gu, gdelta, gAt.t(), gB, gC, None
 
 
 def selective_scan_core(u, delta, A, B, C, return_last_state: bool = False, chunk_len=None):

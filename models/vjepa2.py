@@ -451,6 +451,21 @@ class VJEPA2Classifier(nn.Module):
         if freeze_encoder:
             self.encoder.requires_grad_(False)
 
+    # ``models.build_model`` records the constructor kwargs as ``model_config`` (stored in every
+    # checkpoint and used to rebuild the model). ``init_from`` only matters for initialisation, and
+    # the fine-tuned checkpoint holds all weights, so it is dropped there: rebuilding must not need
+    # (or re-read) the pretraining file. The path is kept as ``pretrained_from`` for provenance.
+    @property
+    def model_config(self) -> dict:
+        return self.__dict__.get("_model_config", {})
+
+    @model_config.setter
+    def model_config(self, cfg: dict) -> None:
+        cfg = dict(cfg)
+        if cfg.pop("init_from", None):
+            self.__dict__["pretrained_from"] = self.__dict__.get("pretrained_from")
+        self.__dict__["_model_config"] = cfg
+
     def load_encoder(self, path: str) -> None:
         sd, cfg = load_encoder_state(path)
         if cfg is not None:
@@ -460,6 +475,7 @@ class VJEPA2Classifier(nn.Module):
                 raise ValueError(f"encoder checkpoint {path} does not match this model "
                                  f"(key: (checkpoint, model)): {bad}")
         self.encoder.load_state_dict(sd, strict=True)
+        self.__dict__["pretrained_from"] = str(path)
 
     def no_weight_decay(self):
         return {"head.pooler.query_tokens"}

@@ -8,7 +8,9 @@ import torch.nn.functional as F
 from models import build_model, count_parameters
 from models.liquid_s4 import (LiquidS4Classifier, S4Layer, allcombs_indices, allcombs_window,
                               correlation_signals)
-from models.s4_kernels import SSMKernel, fft_conv, fft_len, hippo_legs, nplr_legs
+from models.s4_kernels import (SSMKernel, discretize_diag, fft_conv, fft_conv_autograd, fft_len,
+                               hippo_legs, nplr_legs, vandermonde_kernel,
+                               vandermonde_kernel_naive)
 
 DT = torch.float64
 
@@ -56,6 +58,28 @@ def test_fft_conv_is_linear_not_circular():
         direct = torch.stack([sum(K[j] * u[:, t - j] for j in range(t + 1)) for t in range(L)], 1)
         assert (fft_conv(u, K) - direct).abs().max() < 1e-11
     assert fft_len(309) == 320 and fft_len(127) == 128 and fft_len(1) == 1
+
+
+def test_fft_conv_custom_backward():
+    torch.manual_seed(0)
+    for L, Lk in ((9, 9), (16, 5)):
+        u = torch.randn(2, L, 3, dtype=DT, requires_grad=True)
+        K = torch.randn(Lk, 3, dtype=DT, requires_grad=True)
+        assert torch.autograd.gradcheck(fft_conv, (u, K))
+        g = torch.randn(2, L, 3, dtype=DT)
+        a = torch.autograd.grad((fft_conv(u, K) * g).sum(), (u, K))
+        b = torch.autograd.grad((fft_conv_autograd(u, F.pad(K, (0, 0, 0, L - Lk))) * g).sum(), (u, K))
+        assert all((x - y).abs().max() < 1e-12 for x, y in zip(a, b))
+
+
+@pytest.mark.parametrize("L", [1, 2, 12, 155])
+def test_vandermonde_blocked_equals_naive(L):
+    torch.manual_seed(0)
+    lam = torch.complex(-torch.rand(3, 4, dtype=DT), 10 * torch.randn(3, 4, dtype=DT))
+    dt = torch.rand(3, dtype=DT) * 0.1
+    _, dB, logA = discretize_diag(dt, lam, torch.ones_like(lam), "bilinear")
+    CdB = torch.randn(3, 4, dtype=torch.complex128) * dB
+    assert (vandermonde_kernel(CdB, logA, L) - vandermonde_kernel_naive(CdB, logA, L)).abs().max() < 1e-13
 
 
 def test_nplr_reconstructs_hippo():

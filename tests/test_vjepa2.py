@@ -149,7 +149,7 @@ def test_jepa_loss_decreases_on_8_samples():
     opt = torch.optim.AdamW(j.trainable().parameters(), lr=2e-3)
     gen = torch.Generator().manual_seed(0)
     losses = []
-    for step in range(40):
+    for step in range(25):
         loss = j(x, generator=gen)
         opt.zero_grad()
         loss.backward()
@@ -195,16 +195,14 @@ def test_seeded_build_is_deterministic():
 
 
 def test_classification_loss_decreases_on_8_samples():
+    # 8 clips, 8 classes, each clip with its own mel profile (with 50 outputs the first ~30 steps only
+    # learn to suppress the 42 unused classes, a plateau at ln 8 that says nothing about the model)
     torch.manual_seed(0)
-    m = models.build_model("vjepa2", preset="tiny")
-    # 8 clips, each with its energy in a different mel band (a pure-noise input is needlessly hard
-    # for attention pooling: the mean of 152 random tokens barely differs between clips)
-    x, y = torch.randn(8, 155, 128), torch.arange(8)
-    for i in range(8):
-        x[i, :, 16 * i:16 * i + 16] += 2.0
-    opt = torch.optim.AdamW(m.parameters(), lr=2e-3)
+    m = models.build_model("vjepa2", preset="tiny", num_classes=8)
+    x, y = torch.randn(8, 155, 128) + torch.randn(8, 1, 128), torch.arange(8)
+    opt = torch.optim.AdamW(m.parameters(), lr=5e-3)
     losses = []
-    for _ in range(30):
+    for _ in range(20):
         loss = F.cross_entropy(m(x), y)
         opt.zero_grad()
         loss.backward()

@@ -345,7 +345,7 @@ def fit(model: torch.nn.Module, train_ds, val_ds, test_ds=None, cfg: TrainConfig
             if not torch.isfinite(loss):
                 raise FloatingPointError(f"non-finite training loss at epoch {epoch + 1}")
             n_seen += len(y)
-            loss_sum += float(loss) * len(y)
+            loss_sum += float(loss.detach()) * len(y)
             correct += float((logits.argmax(-1) == y).sum())
             if bar is not None:
                 bar.update(1)

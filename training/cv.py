@@ -1,0 +1,289 @@
+#!/usr/bin/env python
+"""5-fold cross-validation on ESC-50 through the shared engine (``training.runner.train_model``).
+
+For every requested fold ``k`` the runner trains with fold ``k`` as the test split, the next fold
+(``k % 5 + 1``) as the validation split (model selection / early stopping) and the other three
+folds as the training split, into ``<out>/fold<k>/`` (``best.safetensors``, ``last.pt``,
+``history.*``, ``metrics.json``, ``curves.png``, exactly as ``train.py`` writes them). It then
+collects every finished fold into ``<out>/cv_results.json`` and ``<out>/cv_results.csv``
+(per-fold table plus mean and standard deviation of the test accuracy) and prints the table.
+
+Resumable: a fold that has ``metrics.json`` is finished and is not retrained; an interrupted fold
+resumes from its ``last.pt`` (the engine's resume). Folds can run as separate processes or on
+separate machines sharing the output directory, then be collected::
+
+    python -m training.cv --model mlp --epochs 30 --out runs/cv_mlp            # all five folds
+    python -m training.cv --model mlp --epochs 30 --out runs/cv_mlp --folds 3  # only fold 3
+    python -m training.cv --out runs/cv_mlp --summarise                        # collect, no training
+    torchrun --nproc_per_node=4 -m training.distributed cv --model vjepa2 --preset gpu --device cuda ...
+
+Every model, data and training flag of ``train.py`` is accepted (same parser), except the fold
+flags, which the runner sets itself.
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import math
+import sys
+from dataclasses import asdict, replace
+from pathlib import Path
+
+import numpy as np
+
+ALL_FOLDS = (1, 2, 3, 4, 5)
+FOLD_FLAGS = ("train_folds", "val_folds", "test_folds")
+# TrainConfig fields that do not change the result; ignored when checking a finished fold's config
+_RUNTIME_FIELDS = {"progress", "threads", "device", "eval_batch_size", "compile"}
+TABLE_COLUMNS = ("fold", "val_fold", "test_acc", "test_macro_f1", "val_acc", "best_epoch", "epochs_run",
+                 "n_test", "mean_epoch_time_s")
+
+
+def fold_split(test_fold: int, folds=ALL_FOLDS) -> tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...]]:
+    """(train, val, test) folds when ``test_fold`` is held out: validation is the next fold."""
+    folds = tuple(folds)
+    if test_fold not in folds:
+        raise ValueError(f"fold {test_fold} is not one of {folds}")
+    val = folds[(folds.index(test_fold) + 1) % len(folds)]
+    return tuple(f for f in folds if f not in (test_fold, val)), (val,), (test_fold,)
+
+
+def fold_dir(out: str | Path, fold: int) -> Path:
+    return Path(out) / f"fold{fold}"
+
+
+def is_finished(out: str | Path, fold: int) -> bool:
+    return (fold_dir(out, fold) / "metrics.json").exists()
+
+
+# --------------------------------------------------------------------------------------------
+# CLI
+# --------------------------------------------------------------------------------------------
+def build_parser() -> argparse.ArgumentParser:
+    """``train.py``'s parser (model, data and training flags) plus the CV flags."""
+    import train as train_cli
+
+    p = train_cli.build_parser()
+    p.description = __doc__
+    p.prog = "python -m training.cv"
+    for action in p._actions:
+        if action.dest in FOLD_FLAGS:           # chosen per fold by the runner
+            action.help, action.default = argparse.SUPPRESS, None
+        elif action.dest == "model":
+            action.required = False            # not needed by --summarise
+        elif action.dest == "out":
+            action.help = "output directory, one fold<k>/ per fold (default runs/cv_<model>)"
+        elif action.dest == "no_resume":
+            action.help = "retrain the requested folds from scratch even if finished or interrupted"
+    c = p.add_argument_group("cross-validation")
+    c.add_argument("--folds", type=train_cli.int_list, default=ALL_FOLDS,
+                   help="test folds to train (default 1,2,3,4,5); run folds as separate processes with "
+                        "--folds 1, --folds 2, ... and collect with --summarise")
+    c.add_argument("--summarise", "--summarize", action="store_true",
+                   help="only collect the finished folds of --out into cv_results.json/.csv; no training")
+    return p
+
+
+def _validate(args, parser: argparse.ArgumentParser) -> None:
+    given = [f"--{f.replace('_', '-')}" for f in FOLD_FLAGS if getattr(args, f) is not None]
+    if given:
+        parser.error(f"{', '.join(given)}: the CV runner sets the folds itself; use --folds to choose test folds")
+    bad = [f for f in args.folds if f not in ALL_FOLDS]
+    if bad or not args.folds:
+        parser.error(f"--folds must be among {ALL_FOLDS}, got {args.folds}")
+    if not args.summarise:
+        if not args.model:
+            parser.error("--model is required (except with --summarise)")
+        if args.dataset != "esc50":
+            parser.error("cross-validation uses the five official ESC-50 folds (--dataset esc50)")
+    if args.out is None and not args.model:
+        parser.error("--summarise needs --out (or --model for the default runs/cv_<model>)")
+
+
+# --------------------------------------------------------------------------------------------
+# Training
+# --------------------------------------------------------------------------------------------
+def _comparable(train_config: dict) -> dict:
+    return {k: v for k, v in train_config.items() if k not in _RUNTIME_FIELDS}
+
+
+def _check_finished_config(out: Path, fold: int, cfg_dict: dict, model: str, preset) -> None:
+    """Warn when a finished fold was trained with other settings than the current command."""
+    try:
+        from training.checkpoint import read_meta
+        meta = read_meta(fold_dir(out, fold) / "best.safetensors")
+    except Exception:        # noqa: BLE001 - a missing/old checkpoint only skips the check
+        return
+    old = _comparable(meta.get("train_config") or {})
+    new = _comparable(cfg_dict)
+    diff = sorted(k for k in new if k in old and old[k] != new[k])
+    if meta.get("model_name") not in (None, model):
+        diff.insert(0, f"model ({meta.get('model_name')} vs {model})")
+    if (meta.get("preset") or None) != (preset or None):
+        diff.append(f"preset ({meta.get('preset')} vs {preset})")
+    if diff:
+        print(f"warning: fold {fold} was finished with other settings ({', '.join(map(str, diff))}); "
+              f"it is kept as is (use --no-resume --folds {fold} to retrain it)", file=sys.stderr)
+
+
+def run_folds(model_name: str, base_spec, cfg, out: str | Path, folds=ALL_FOLDS, preset: str | None = None,
+              model_config: dict | None = None, resume: bool = True, extra_meta: dict | None = None,
+              log=print) -> dict[int, dict]:
+    """Train the requested folds (skipping finished ones when ``resume``); return ``{fold: metrics}``.
+
+    ``base_spec`` is a :class:`training.data.DataSpec`; its fold fields are replaced per fold.
+    Under ``torch.distributed`` every rank runs every fold (the engine splits the batches); only
+    rank 0 writes files and logs.
+    """
+    from training.engine import DistInfo
+    from training.runner import train_model
+
+    dist = DistInfo.current()
+    out = Path(out)
+    results: dict[int, dict] = {}
+    for fold in folds:
+        train_f, val_f, test_f = fold_split(fold)
+        d = fold_dir(out, fold)
+        if resume and is_finished(out, fold):
+            if dist.main:
+                _check_finished_config(out, fold, asdict(cfg), model_name, preset)
+                log(f"fold {fold}: finished earlier ({d / 'metrics.json'}), skipped")
+            results[fold] = json.loads((d / "metrics.json").read_text())
+            continue
+        if dist.main:
+            state = "resuming" if resume and (d / "last.pt").exists() else "training"
+            log(f"fold {fold}: {state}, train folds {list(train_f)}, val fold {val_f[0]}, test fold {fold} -> {d}")
+        spec = replace(base_spec, train_folds=train_f, val_folds=val_f, test_folds=test_f)
+        meta = dict(extra_meta or {})
+        meta["cv"] = {"fold": fold, "folds": list(ALL_FOLDS), "train_folds": list(train_f), "val_fold": val_f[0]}
+        results[fold] = train_model(model_name, spec, d, cfg, preset=preset, model_config=model_config,
+                                    resume=resume, extra_meta=meta)
+        if dist.world > 1:
+            import torch.distributed as tdist
+            tdist.barrier()      # rank 0 has written fold<k>/metrics.json before anyone moves on
+    return results
+
+
+# --------------------------------------------------------------------------------------------
+# Summary
+# --------------------------------------------------------------------------------------------
+def _row(fold: int, m: dict) -> dict:
+    return {"fold": fold, "val_fold": fold_split(fold)[1][0], "test_acc": m.get("test_acc"),
+            "test_macro_f1": m.get("test_macro_f1"), "val_acc": m.get("val_acc"),
+            "best_epoch": m.get("best_epoch"), "epochs_run": m.get("epochs_run"), "n_test": m.get("n_test"),
+            "mean_epoch_time_s": m.get("mean_epoch_time_s")}
+
+
+def _stats(values: list[float]) -> dict:
+    a = np.asarray([v for v in values if v is not None], dtype=np.float64)
+    if a.size == 0:
+        return {"mean": None, "std": None, "min": None, "max": None, "n": 0}
+    return {"mean": float(a.mean()), "std": float(a.std(ddof=1)) if a.size > 1 else 0.0,
+            "min": float(a.min()), "max": float(a.max()), "n": int(a.size)}
+
+
+def summarise(out: str | Path, write: bool = True, log=print) -> dict:
+    """Collect ``fold<k>/metrics.json`` of every finished fold into a summary (and cv_results.*).
+
+    ``std`` is the sample standard deviation over folds (ddof=1).
+    """
+    out = Path(out)
+    rows, model, params = [], None, None
+    for fold in ALL_FOLDS:
+        p = fold_dir(out, fold) / "metrics.json"
+        if p.exists():
+            m = json.loads(p.read_text())
+            rows.append(_row(fold, m))
+            model, params = model or m.get("model"), params or m.get("params")
+    missing = [f for f in ALL_FOLDS if f not in {r["fold"] for r in rows}]
+    summary = {
+        "model": model, "params": params, "out": str(out), "complete": not missing,
+        "folds_done": [r["fold"] for r in rows], "folds_missing": missing,
+        "test_acc": _stats([r["test_acc"] for r in rows]),
+        "test_macro_f1": _stats([r["test_macro_f1"] for r in rows]),
+        "val_acc": _stats([r["val_acc"] for r in rows]),
+        "std_ddof": 1,
+        "per_fold": rows,
+    }
+    if write and rows:
+        from training.checkpoint import atomic_write
+        out.mkdir(parents=True, exist_ok=True)
+        atomic_write(out / "cv_results.json", lambda t: Path(t).write_text(json.dumps(summary, indent=1)))
+
+        def write_csv(t):
+            with open(t, "w", newline="") as fh:
+                w = csv.DictWriter(fh, fieldnames=list(TABLE_COLUMNS))
+                w.writeheader()
+                w.writerows(rows)
+                for stat in ("mean", "std"):
+                    w.writerow({"fold": stat, **{k: summary[k][stat] for k in ("test_acc", "test_macro_f1", "val_acc")}})
+        atomic_write(out / "cv_results.csv", write_csv)
+    if log is not None:
+        log(format_table(summary))
+    return summary
+
+
+def _fmt(v, spec: str) -> str:
+    if v is None or (isinstance(v, float) and math.isnan(v)):
+        return "-"
+    return format(v, spec)
+
+
+def format_table(summary: dict) -> str:
+    """The per-fold table and the mean +- std line, as text."""
+    head = f"{'fold':>4} {'val':>4} {'test acc':>9} {'test F1':>8} {'val acc':>8} {'best ep':>8} {'epochs':>7} " \
+           f"{'s/epoch':>8}"
+    lines = [f"cross-validation: {summary.get('model')} ({summary.get('out')})", head, "-" * len(head)]
+    for r in summary["per_fold"]:
+        lines.append(f"{r['fold']:>4} {r['val_fold']:>4} {_fmt(r['test_acc'], '.4f'):>9} "
+                     f"{_fmt(r['test_macro_f1'], '.4f'):>8} {_fmt(r['val_acc'], '.4f'):>8} "
+                     f"{_fmt(r['best_epoch'], 'd'):>8} {_fmt(r['epochs_run'], 'd'):>7} "
+                     f"{_fmt(r['mean_epoch_time_s'], '.1f'):>8}")
+    t = summary["test_acc"]
+    if t["n"]:
+        lines.append(f"test accuracy: {t['mean']:.4f} +- {t['std']:.4f} (mean +- sample std over {t['n']} "
+                     f"fold{'s' if t['n'] != 1 else ''})")
+    else:
+        lines.append("no finished folds")
+    if summary["folds_missing"]:
+        lines.append(f"not finished: folds {summary['folds_missing']} (partial summary)")
+    return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------------------------
+def main(argv=None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    _validate(args, parser)
+    out = Path(args.out or f"runs/cv_{args.model}")
+    from training.engine import DistInfo
+    try:
+        if not args.summarise:
+            import train as train_cli
+
+            args.train_folds, args.val_folds, args.test_folds = fold_split(args.folds[0])  # replaced per fold
+            cfg = train_cli.train_config_from_args(args)
+            spec = train_cli.data_spec_from_args(args)
+            run_folds(args.model, spec, cfg, out, args.folds, preset=args.preset,
+                      model_config=train_cli.parse_kv(args.config, "--config"), resume=not args.no_resume,
+                      extra_meta={"cli": sys.argv[1:] if argv is None else list(argv)})
+        if not DistInfo.current().main:
+            return 0
+        summary = summarise(out)
+        if not summary["per_fold"]:
+            print(f"error: no finished folds under {out}", file=sys.stderr)
+            return 2
+    except KeyboardInterrupt:
+        print("interrupted: rerun the same command to resume (finished folds are kept)", file=sys.stderr)
+        return 130
+    except (ValueError, KeyError, FileNotFoundError, RuntimeError, OSError) as exc:
+        msg = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
+        print(f"error: {msg}", file=sys.stderr)
+        return 2
+    print(f"results: {out / 'cv_results.json'} and {out / 'cv_results.csv'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
