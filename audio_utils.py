@@ -668,7 +668,8 @@ def list_folder_dataset(root: str | os.PathLike, classes: Sequence[str] | None =
 
     ``classes`` keeps only those folders (in that order); ``merge`` maps a new class to a list of
     folders (e.g. ``{"perc": ["clap", "rim"]}``). Files whose extension is not an audio extension
-    (``AUDIO_EXTENSIONS``) are ignored.
+    (``AUDIO_EXTENSIONS``, any case) are ignored, and so are hidden files and folders (names
+    starting with ``.``, e.g. macOS ``._kick.wav`` resource forks, which are not audio).
     """
     root = Path(root)
     if not root.is_dir():
@@ -694,7 +695,8 @@ def list_folder_dataset(root: str | os.PathLike, classes: Sequence[str] | None =
             if not d.is_dir():
                 raise ValueError(f"{root}: class folder '{folder}' not found")
             for p in sorted(d.rglob("*")):
-                if p.is_file() and p.suffix.lower() in AUDIO_EXTENSIONS:
+                hidden = any(part.startswith(".") for part in p.relative_to(d).parts)
+                if p.is_file() and p.suffix.lower() in AUDIO_EXTENSIONS and not hidden:
                     files.append(p)
                     labels.append(ci)
     if not files:
@@ -702,15 +704,21 @@ def list_folder_dataset(root: str | os.PathLike, classes: Sequence[str] | None =
     return files, labels, class_names
 
 
-def stratified_split(labels: Sequence[int], fractions: Sequence[float] = (0.7, 0.15, 0.15), seed: int = 0) -> list[np.ndarray]:
+def stratified_split(labels: Sequence[int], fractions: Sequence[float] = (0.7, 0.15, 0.15), seed: int = 0,
+                     groups: Sequence | None = None) -> list[np.ndarray]:
     """Split indices into parts with the given fractions, per class, reproducibly from ``seed``.
 
     Every class with at least ``len(fractions)`` examples gets at least one in every part.
+    ``groups`` (one key per example, e.g. the recording or instrument a take comes from) keeps
+    every group within one part: whole groups are dealt, in a random order, to the part furthest
+    below its share of the class (each part first gets one group when the class has enough).
     """
     labels = np.asarray(labels)
     rng = np.random.default_rng(seed)
     parts: list[list[int]] = [[] for _ in fractions]
     fr = np.asarray(fractions, dtype=float) / np.sum(fractions)
+    if groups is not None:
+        return _grouped_split(labels, np.asarray([str(g) for g in groups]), fr, rng)
     for c in np.unique(labels):
         idx = rng.permutation(np.flatnonzero(labels == c))
         n = len(idx)
@@ -726,15 +734,41 @@ def stratified_split(labels: Sequence[int], fractions: Sequence[float] = (0.7, 0
     return [np.sort(np.asarray(p, dtype=np.int64)) for p in parts]
 
 
+def _grouped_split(labels: np.ndarray, groups: np.ndarray, fr: np.ndarray, rng) -> list[np.ndarray]:
+    parts: list[list[int]] = [[] for _ in fr]
+    for c in np.unique(labels):
+        idx = np.flatnonzero(labels == c)
+        keys = list(dict.fromkeys(groups[idx].tolist()))          # first-seen order, then shuffled
+        keys = [keys[i] for i in rng.permutation(len(keys))]
+        members = {k: idx[groups[idx] == k] for k in keys}
+        target, have = fr * len(idx), np.zeros(len(fr))
+        for j, k in enumerate(keys):
+            part = j if len(keys) >= len(fr) and j < len(fr) else int(np.argmax(target - have))
+            parts[part].extend(members[k].tolist())
+            have[part] += len(members[k])
+    return [np.sort(np.asarray(p, dtype=np.int64)) for p in parts]
+
+
+def file_groups(files: Sequence[Path], pattern: str) -> list[str]:
+    """Group key per file: its parent folder and stem with ``pattern`` (a regex, case-insensitive)
+    removed, e.g. ``r"-\\d+$"`` puts ``Snare-1.wav`` ... ``Snare-5.wav`` in one group."""
+    import re
+
+    rx = re.compile(pattern, re.IGNORECASE)
+    return [f"{Path(f).parent.name}/{rx.sub('', Path(f).stem)}" for f in files]
+
+
 def FolderDataset(root: str | os.PathLike, feature_cfg: FeatureConfig | None = None, classes=None, merge=None,
                   split: str | None = None, fractions: Sequence[float] = (0.7, 0.15, 0.15), seed: int = 0,
                   mode: str = "sequence", augment: bool | AugmentConfig = False, expansion: int | None = None,
-                  cache_dir=None, normalization=None, progress: bool = False, **kw) -> FeatureDataset:
+                  cache_dir=None, normalization=None, progress: bool = False, group_pattern: str | None = None,
+                  **kw) -> FeatureDataset:
     """A class-per-folder dataset of any audio as a :class:`FeatureDataset`.
 
     Clips of any length are padded / cropped to ``feature_cfg.duration`` (onset-aligned when
     ``feature_cfg.onset_align``). ``split`` in ``{"train", "val", "test"}`` selects one part of a
-    stratified split with ``fractions`` and ``seed``; ``None`` keeps every clip.
+    stratified split with ``fractions`` and ``seed``; ``None`` keeps every clip. With
+    ``group_pattern`` (see :func:`file_groups`) takes of one source stay within one split.
     """
     cfg = feature_cfg or FeatureConfig()
     files, labels, class_names = list_folder_dataset(root, classes, merge)
@@ -744,7 +778,8 @@ def FolderDataset(root: str | os.PathLike, feature_cfg: FeatureConfig | None = N
         names = ("train", "val", "test")
         if split not in names:
             raise ValueError(f"split must be one of {names}, not {split!r}")
-        idx = stratified_split(labels, fractions, seed)[names.index(split)]
+        groups = file_groups(files, group_pattern) if group_pattern else None
+        idx = stratified_split(labels, fractions, seed, groups)[names.index(split)]
     root = Path(root)
     return FeatureDataset(torch.from_numpy(np.ascontiguousarray(feats[idx])), torch.as_tensor(labels)[idx],
                           class_names, cfg, names=[str(files[i].relative_to(root)) for i in idx], mode=mode,

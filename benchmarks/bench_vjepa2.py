@@ -28,6 +28,7 @@ VARIANTS = {
     "small": ("small", {}),              # MODEL_NOTES section 4 reference: D=192, depth 6, 3 heads
     "fullband": (None, {"patch_f": None}),
     "rope": (None, {"pos": "rope"}),
+    "mini": ("mini", {}),                # D=96, depth 4, 3 heads (crowded-CPU runs)
     "tiny": ("tiny", {}),
     "gpu": ("gpu", {}),
 }

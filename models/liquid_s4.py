@@ -18,7 +18,8 @@ Liquid terms (linearised LTC ``x_k = (dA + dB u_k 1^T) x_{k-1} + dB u_k``), orde
   Optional squashing ``lcontract`` in {None, "tanh", "lecun" (1.7159 tanh(0.666 x))}.
 * **PolyB** (``"polyb"``, default; dA -> I makes the liquid kernel a constant):
   ``y_t += kappa^(p) u^(p)_t`` with ``kappa^(p) = (C dB) s^(2^(p-1) - 1)``, ``s = sum_n dB_n``
-  over the conjugate-doubled state. ``C dB`` is taken as ``K_0``, the first tap of the live kernel,
+  over the conjugate-doubled state (``dB`` of the layer's discretisation; the reference always uses
+  the bilinear formula, our default discretisation). ``C dB`` is taken as ``K_0``, the first tap of the live kernel,
   which for S4D is exactly the reference's ``sum_n C_n dB_n`` and for NPLR is the true ``C dB``
   with the un-tilded ``C`` and the low-rank part included. ``s`` uses the diagonal part
   (Lambda, B) only, as the reference does (for NPLR it ignores P). The exponent 2^(p-1) - 1
@@ -256,8 +257,8 @@ class S4Block(nn.Module):
         "tiny": {"d_model": 32, "n_layers": 2, "d_state": 16, "dropout": 0.0},
         "gpu": {"d_model": 256, "n_layers": 6, "d_state": 64, "mode": "nplr", "dropout": 0.2},
     },
-    train_defaults={"lr": 4e-3, "weight_decay": 0.05, "epochs": 100, "batch_size": 32,
-                    "warmup_frac": 0.05},
+    train_defaults={"lr": 4e-3, "weight_decay": 0.05, "epochs": 60, "batch_size": 32,
+                    "warmup_frac": 0.05, "label_smoothing": 0.1},
 )
 class LiquidS4Classifier(nn.Module):
     """[B, n_frames, n_mels] normalised log-mel -> [B, num_classes] logits.

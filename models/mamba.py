@@ -174,7 +174,7 @@ class MambaBlock(nn.Module):
     def forward(self, hidden: torch.Tensor, residual: Optional[torch.Tensor] = None):
         residual = hidden if residual is None else hidden + residual
         if self.residual_in_fp32:
-            residual = residual.float()
+            residual = _fp32(residual)
         hidden = self.mixer(self.norm(residual.to(self.norm.weight.dtype)))
         return hidden, residual
 

@@ -14,17 +14,24 @@ Conventions
     ``L``-th roots of unity, ``Khat(w) = 2/(1+w) [k_CB - k_CP (1 + k_QP)^-1 k_QB]`` (rank-1 Woodbury)
     with Cauchy sums ``k_ab(w) = sum_n a_n b_n / (g(w) - lambda_n)``,
     ``g(w) = (2/dt)(1-w)/(1+w)``, then ``K = irfft(Khat, L)``. The stored ``C`` is
-    ``C~ = C (I - dA^L)`` (the truncation is folded into ``C``; ``untilde_C`` in the tests
-    recovers ``C``). At ``w = -1`` (``L`` even) the formula is 0*inf; the exact value
+    ``C~ = C (I - dA^L)`` (the truncation is folded into ``C``; the NPLR test recovers
+    ``C = C~ (I - dA^L)^-1`` with dense matrices). At ``w = -1`` (``L`` even) the formula is 0*inf; the exact value
     ``Khat(-1) = C~ (I + dA)^-1 dB = (dt/2) C~ B`` is used instead.
 
+* Initialisation: log dt ~ U[log dt_min, log dt_max]; S4D-Lin / S4D-Inv / S4D-LegS Lambda with
+  B = 1 (S4D-LegS: B = V^* B_HiPPO); NPLR: HiPPO-LegS Lambda, P, B; C ~ CN(0, 1). For NPLR the
+  random C is used as C~ directly (the reference converts a random C on the first forward, which
+  is equally random). ``N`` must be even; the reference silently drops the real mode of an odd N.
 * Discretisation: bilinear ``dA = (1 - dt/2 A)^-1 (1 + dt/2 A)``, ``dB = (1 - dt/2 A)^-1 dt B``
   (both modes) or ZOH ``dA = exp(dt Lambda)``, ``dB = (dA - 1)/Lambda B`` (diagonal mode only).
 * Kernel tensors are ``(H, L)`` real. ``fft_conv`` works on ``(..., L, H)`` inputs (time on dim -2),
   which is the layout the classifier keeps (no transposes around Linear/LayerNorm).
 
-The Cauchy/Vandermonde sums materialise ``(H, N/2, L)`` complex values: about 0.6M per layer at
-H=128, N=64, L=155, negligible next to the batch work, so no custom kernel is needed.
+Cost: the Vandermonde kernel is a blocked complex matmul (about 2 sqrt(L) complex exponentials per
+mode, see ``vandermonde_kernel``); the Cauchy sums materialise ``(H, N/2, L/2+1)`` complex values
+(about 0.3M per layer at H=128, N=64, L=155). Both are negligible next to the batch work, so no
+pykeops or CUDA extension is needed. ``fft_conv`` has a hand-written backward that uses only real
+FFTs (autograd's rfft backward runs a full complex transform).
 """
 from __future__ import annotations
 
@@ -110,7 +117,8 @@ def vandermonde_kernel(CdB: torch.Tensor, log_dA: torch.Tensor, L: int) -> torch
 
     Writing l = q S + r with S ~ sqrt(L), ``K[q, r] = 2 Re sum_n (CdB_n dA_n^(qS)) dA_n^r`` is a
     batched complex matmul (H, Q, M) @ (H, M, S): only ~2 sqrt(L) complex exponentials per mode
-    instead of L, and no (H, M, L) tensor (about 6x faster forward+backward than the naive sum).
+    instead of L, and no (H, M, L) tensor (fwd+bwd 6.5 ms vs 37 ms for the naive sum at H=128,
+    N=64, L=155 on one CPU thread).
     """
     H, M = log_dA.shape
     S = max(1, math.isqrt(L - 1) + 1) if L > 1 else 1
@@ -210,7 +218,9 @@ def fft_conv(u: torch.Tensor, K: torch.Tensor) -> torch.Tensor:
     """
     if K.shape[-2] > u.shape[-2]:
         raise ValueError("kernel longer than the sequence")
-    return _FFTConv.apply(u, K)
+    if u.dtype in (torch.float16, torch.bfloat16):  # FFTs of odd sizes need fp32 (autocast runs)
+        u = u.float()
+    return _FFTConv.apply(u, K.to(u.dtype))
 
 
 def fft_conv_autograd(u: torch.Tensor, K: torch.Tensor) -> torch.Tensor:

@@ -284,7 +284,7 @@ def test_overfit_a_few_steps_and_determinism():
     m.train()
     opt = torch.optim.AdamW(m.parameters(), lr=1e-2, weight_decay=0.0)
     losses = []
-    for _ in range(15):
+    for _ in range(10):
         loss = F.cross_entropy(m(x), y)
         opt.zero_grad()
         loss.backward()
@@ -341,3 +341,13 @@ def test_cuda_kernels_match_pure_pytorch(bidirectional):
     cpu.load_state_dict({k: v.cpu() for k, v in m.state_dict().items()})
     with torch.no_grad():
         assert (cpu(x.cpu()) - outs["cuda"].cpu()).abs().max() < 1e-3
+
+
+def test_cpu_autocast_bf16_runs():
+    m = tiny()
+    x = torch.randn(2, 30, 128)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = m(x)
+    assert out.shape == (2, 50) and torch.isfinite(out.float()).all()
+    out.float().sum().backward()
+    assert all(torch.isfinite(p.grad).all() for p in m.parameters() if p.grad is not None)

@@ -56,6 +56,16 @@ def test_tubelet_layout_t_major_and_equals_conv():
     torch.testing.assert_close(tj[1], tubeletise(x[1:], g, 3)[0])
 
 
+def test_layout_matches_audio_utils_convert_to_tubelets():
+    au = pytest.importorskip("audio_utils")
+    x = torch.randn(2, 155, 128)
+    g = tokens_grid(155, 128, 8, 16)
+    torch.testing.assert_close(tubeletise(x, g), au.convert_to_tubelets(x, 8, 16), rtol=0, atol=0)
+    torch.testing.assert_close(tubeletise(x, g, 3), au.convert_to_tubelets(x, 8, 16, offset=3), rtol=0, atol=0)
+    full = tokens_grid(155, 128, 8, None)
+    torch.testing.assert_close(tubeletise(x, full), au.convert_to_tubelets(x, 8, 128), rtol=0, atol=0)
+
+
 def test_sincos_positions():
     pe = sincos_pos_embed_2d(32, 19, 8)
     assert pe.shape == (152, 32)
@@ -81,6 +91,24 @@ def test_encoder_shapes_masking_and_pretubeletised(pos):
     assert enc(x, keep_idx=keep).shape == (3, 40, 32)
     # with one block and no attention mixing check: keeping all tokens == no masking
     torch.testing.assert_close(enc(x, keep_idx=torch.arange(152).expand(3, -1)), out)
+
+
+def test_rope_is_relative_and_2_axis():
+    from models.vjepa2 import apply_rope, rope_2d_angles
+
+    g = tokens_grid(155, 128, 8, 16)
+    ang = rope_2d_angles(16, g)  # [152, 8]: 4 time pairs, 4 frequency pairs
+    assert ang.shape == (152, 8)
+    q, k = torch.randn(1, 1, 1, 16).double(), torch.randn(1, 1, 1, 16).double()
+
+    def score(nq, nk):
+        return (apply_rope(q, ang[nq].view(1, 1, 8).double()) * apply_rope(k, ang[nk].view(1, 1, 8).double())).sum()
+
+    # same (dt, df) offset -> same score; t-major index n = t*8 + f
+    torch.testing.assert_close(score(0 * 8 + 1, 2 * 8 + 3), score(5 * 8 + 4, 7 * 8 + 6))
+    assert not torch.allclose(score(0, 8), score(0, 16))
+    # rotation keeps norms
+    torch.testing.assert_close(apply_rope(q, ang[17].view(1, 1, 8).double()).norm(), q.norm())
 
 
 # ---------------------------------------------------------------- masks
@@ -237,6 +265,19 @@ def test_pretrain_writes_encoder_and_init_from_loads_it(tmp_path):
     # an encoder of another size is refused with a clear error
     with pytest.raises(ValueError, match="does not match"):
         models.build_model("vjepa2", preset="tiny", embed_dim=64, init_from=str(path))
+
+
+def test_init_from_is_not_part_of_the_rebuild_config(tmp_path):
+    enc = tiny_encoder()
+    path = str(tmp_path / "e.safetensors")
+    save_encoder(enc, path)
+    m = models.build_model("vjepa2", preset="tiny", init_from=path)
+    assert "init_from" not in m.model_config and m.model_config["embed_dim"] == 32
+    assert m.pretrained_from == path
+    # rebuilding from the recorded config needs no pretraining file
+    models.build_model("vjepa2", **m.model_config).load_state_dict(m.state_dict())
+    with pytest.raises(FileNotFoundError):
+        models.build_model("vjepa2", preset="tiny", init_from=str(tmp_path / "missing.safetensors"))
 
 
 def test_save_load_roundtrip_keeps_config(tmp_path):

@@ -20,6 +20,7 @@ from safetensors import safe_open
 
 FORMAT_VERSION = 1
 META_KEY = "toolkit"
+INIT_ONLY_OPTIONS = ("init_from",)
 
 
 class CheckpointError(ValueError):
@@ -101,9 +102,11 @@ def build_from_checkpoint(path: str | os.PathLike, device: str | torch.device = 
 
     state, meta = load_checkpoint(path, device)
     feat = meta["feature_config"]
+    # options that only say where initial weights came from are moot: the file holds the weights
+    config = {k: v for k, v in meta.get("model_config", {}).items() if k not in INIT_ONLY_OPTIONS}
     try:
         model = build_model(meta["model_name"], num_classes=len(meta["class_names"]),
-                            n_mels=feat["n_mels"], n_frames=feat["n_frames"], **meta.get("model_config", {}))
+                            n_mels=feat["n_mels"], n_frames=feat["n_frames"], **config)
     except (KeyError, TypeError) as exc:
         raise CheckpointError(f"{path}: cannot rebuild model '{meta.get('model_name')}' ({_short(exc)})") from None
     try:

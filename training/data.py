@@ -36,6 +36,7 @@ class DataSpec:
     merge: dict | None = None
     fractions: tuple[float, float, float] = (0.7, 0.15, 0.15)
     split_seed: int = 0
+    group_pattern: str | None = None   # regex removed from file stems: takes of one source share a split
     # shared
     feature_config: dict = field(default_factory=dict)
     augment: bool = True
@@ -85,7 +86,8 @@ def build_datasets(spec: DataSpec, progress: bool = False) -> tuple[au.FeatureDa
         test = au.ESC50Dataset(root, spec.test_folds, **common) if spec.test_folds else None
     elif spec.kind == "folder":
         common = dict(feature_cfg=cfg, classes=spec.classes, merge=spec.merge, fractions=spec.fractions,
-                      seed=spec.split_seed, cache_dir=spec.cache_dir, progress=progress)
+                      seed=spec.split_seed, cache_dir=spec.cache_dir, progress=progress,
+                      group_pattern=spec.group_pattern)
         train = au.FolderDataset(root, split="train", augment=aug, expansion=spec.expansion, **common)
         val = au.FolderDataset(root, split="val", **common)
         test = au.FolderDataset(root, split="test", **common)

@@ -13,7 +13,7 @@ preset (training/presets.py), inverse-frequency class weights, selection on vali
 for binary tasks, a decision threshold chosen on validation (the engine does it); metrics are
 measured once on the held-out test split.
 
-Environment (notebook): ``TOOLKIT_TINY=1`` selects tiny models, 2 epochs and one seed;
+Environment (notebook): ``TOOLKIT_TINY=1`` selects tiny models, one epoch and one seed;
 ``TOOLKIT_DATA_DIR`` points to the folder dataset.
 """
 from __future__ import annotations
@@ -22,7 +22,7 @@ import math
 import os
 import tempfile
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Sequence
 
@@ -38,18 +38,18 @@ BASELINES = ("mlp", "lstm", "cnn")
 SEQUENCE_MODELS = ("liquid_s4", "mamba")
 
 # Compact model sizes for ~220 training clips (the registered defaults are sized for ESC-50);
-# chosen here, per experiment, never in the models. Override with ``model_configs``.
+# chosen here, per experiment, never in the models. Override with ``run_one(model_config=...)``.
 DRUM_MODEL_CONFIGS: dict[str, dict] = {
     "mlp": {"hidden": 256},
     "lstm": {"hidden": 64, "layers": 1, "frame_stack": 2},
-    "cnn": {"channels": [16, 32, 64, 128]},
+    "cnn": {"channels": [8, 16, 32, 64]},
     "liquid_s4": {"d_model": 64, "n_layers": 2},
     "mamba": {"d_model": 64, "n_layers": 2},
 }
 # Engine settings shared by every model in the drums experiment (same budget for all).
 DRUM_TRAIN = {"epochs": 30, "batch_size": 32, "lr": 2e-3, "weight_decay": 0.05, "warmup_frac": 0.1,
               "mixup": 0.0, "label_smoothing": 0.0, "class_weights": True, "patience": 0}
-TINY_TRAIN = {"epochs": 2, "batch_size": 8, "warmup_frac": 0.0}
+TINY_TRAIN = {"epochs": 1, "batch_size": 8, "warmup_frac": 0.0}
 
 
 def tiny_mode() -> bool:
@@ -98,14 +98,14 @@ def list_classes(root: str | os.PathLike) -> list[str]:
 
 def task_spec(task: Task, root: str | os.PathLike, split_seed: int = 0, features: str = "drums",
               feature_overrides: dict | None = None, augment: bool = True, augment_config: dict | None = None,
-              expansion: int | None = 2, cache_dir: str | None = None) -> DataSpec:
+              expansion: int | None = 1, cache_dir: str | None = None, group_pattern: str | None = None) -> DataSpec:
     """The :class:`DataSpec` of one task and split seed (``drums`` feature and augment presets)."""
     fc = feature_preset(features).to_dict()
     fc.update(feature_overrides or {})
     aug = augment_preset(features) if augment_config is None else dict(augment_config)
     return DataSpec(kind="folder", root=str(root), classes=task.classes, split_seed=split_seed,
                     feature_config=fc, augment=augment, augment_config=aug, expansion=expansion,
-                    cache_dir=cache_dir, one_vs_rest=task.positive)
+                    cache_dir=cache_dir, one_vs_rest=task.positive, group_pattern=group_pattern)
 
 
 def model_available(name: str) -> tuple[bool, str]:
@@ -121,8 +121,13 @@ def model_available(name: str) -> tuple[bool, str]:
 def run_one(model: str, task: Task, seed: int, root: str | os.PathLike | None = None,
             out_dir: str | os.PathLike | None = None, train: dict | None = None,
             model_config: dict | None = None, preset: str | None = None, threads: int | None = 1,
-            device: str = "cpu", datasets=None, **spec_kw) -> dict:
-    """Train one model on one task with ``seed`` (split seed = init seed); return a flat row."""
+            device: str = "cpu", datasets=None, quiet: bool = True, **spec_kw) -> dict:
+    """Train one model on one task with ``seed`` (split seed = init seed); return a flat row.
+
+    ``quiet`` swallows the engine's per-epoch lines (the row carries the results)."""
+    import contextlib
+    import io
+
     from training.runner import make_train_config, train_model
 
     root = Path(root or drums_dir())
@@ -133,14 +138,18 @@ def run_one(model: str, task: Task, seed: int, root: str | os.PathLike | None = 
     cfg = make_train_config(model, **overrides)
     mc = dict(DRUM_MODEL_CONFIGS.get(model, {})) if preset is None else {}
     mc.update(model_config or {})
+    if datasets is None:
+        datasets = build_datasets(spec)
     tmp = None
     if out_dir is None:
         tmp = tempfile.TemporaryDirectory(prefix="drums-")
         out_dir = tmp.name
     t0 = time.perf_counter()
     try:
-        m = train_model(model, spec, out_dir, cfg, preset=preset, model_config=mc, resume=False,
-                        datasets=datasets)
+        with contextlib.redirect_stdout(io.StringIO()) if quiet else contextlib.nullcontext():
+            m = train_model(model, spec, out_dir, cfg, preset=preset, model_config=mc, resume=False,
+                            datasets=datasets)
+        extra = _threshold_study(Path(out_dir) / "best.safetensors", datasets) if task.binary else {}
     finally:
         if tmp is not None:
             tmp.cleanup()
@@ -148,14 +157,42 @@ def run_one(model: str, task: Task, seed: int, root: str | os.PathLike | None = 
            "best_epoch": m["best_epoch"], "val_acc": m["val_acc"], "test_acc": m["test_acc"],
            "test_macro_f1": m["test_macro_f1"], "n_test": m["n_test"],
            "time_s": time.perf_counter() - t0, "confusion": m.get("test_confusion_matrix"),
-           "class_names": None}
+           "class_names": list(datasets[2].class_names)}
     if task.binary:
         b = m["test_binary"]
         row.update(test_f1=b["f1"], test_precision=b["precision"], test_recall=b["recall"],
                    test_auc=b["roc_auc"], threshold=b["threshold"])
         cm = m.get("test_confusion_matrix")
         row["n_pos"] = int(sum(cm[1])) if cm else None
+        row.update(extra)
     return row
+
+
+def midpoint_threshold(scores, positives) -> float:
+    """Like :func:`training.metrics.best_threshold` (F1-optimal on validation), but halfway between
+    the chosen score and the next lower validation score, instead of exactly at a positive's score
+    (which, with 3-4 validation positives, sits at the edge and costs recall on unseen clips)."""
+    from training.metrics import best_threshold
+
+    scores = np.asarray(scores, dtype=np.float64)
+    t = best_threshold(scores, positives)
+    lower = scores[scores < t]
+    return float((t + lower.max()) / 2) if len(lower) else t
+
+
+def _threshold_study(ckpt: Path, datasets) -> dict:
+    """Test F1 of the saved model at 0.5 and at :func:`midpoint_threshold` (for the report)."""
+    from training.checkpoint import build_from_checkpoint
+    from training.engine import predict_proba
+    from training.metrics import binary_metrics
+
+    model, _ = build_from_checkpoint(ckpt)
+    _, val, test = datasets
+    vp, vl = predict_proba(model, val)
+    tp, tl = predict_proba(model, test)
+    mid = midpoint_threshold(vp[:, 1], vl == 1)
+    return {"test_f1_at_0.5": binary_metrics(tp[:, 1], tl == 1, 0.5)["f1"],
+            "test_f1_midpoint": binary_metrics(tp[:, 1], tl == 1, mid)["f1"], "threshold_midpoint": mid}
 
 
 def run_grid(model_names: Iterable[str], tasks: Iterable[Task], seeds: Iterable[int],
@@ -173,15 +210,14 @@ def run_grid(model_names: Iterable[str], tasks: Iterable[Task], seeds: Iterable[
         else:
             log(f"skipping {name}: {why}")
     rows = []
-    spec_keys = ("features", "feature_overrides", "augment", "augment_config", "expansion", "cache_dir")
+    spec_keys = ("features", "feature_overrides", "augment", "augment_config", "expansion", "cache_dir",
+                 "group_pattern")
     spec_kw = {k: kw[k] for k in spec_keys if k in kw}
     for task in tasks:
         for seed in seeds:
             datasets = build_datasets(task_spec(task, root, split_seed=seed, **spec_kw))
-            class_names = datasets[2].class_names
             for name in names:
                 row = run_one(name, task, seed, root, datasets=datasets, **kw)
-                row["class_names"] = class_names
                 rows.append(row)
                 metric = f"F1 {row['test_f1']:.3f}" if task.binary else f"acc {row['test_acc']:.3f}"
                 log(f"{task.name:>16s} seed {seed} {name:>10s}: test {metric} "
@@ -210,7 +246,8 @@ def summarize(rows: Sequence[dict], metrics: dict[str, str] | None = None) -> di
     for model, task in keys:
         sel = [r for r in rows if r["model"] == model and r["task"] == task]
         wanted = ["test_acc", "test_macro_f1", "time_s"] + (
-            ["test_f1", "test_precision", "test_recall", "test_auc"] if "test_f1" in sel[0] else [])
+            ["test_f1", "test_precision", "test_recall", "test_auc", "test_f1_at_0.5", "test_f1_midpoint"]
+            if "test_f1" in sel[0] else [])
         out[(model, task)] = {m: mean_std([r.get(m) for r in sel]) for m in wanted}
         out[(model, task)]["n"] = len(sel)
         out[(model, task)]["params"] = sel[0]["params"]
@@ -238,7 +275,8 @@ def format_table(rows: Sequence[dict]) -> str:
         lines.append(f"| {m} | {params / 1e3:.0f}k | " + " | ".join(cells) + " |")
     for t in task_order:
         binary = any("test_f1" in r for r in rows if r["task"] == t)
-        cols = ["test_acc", "test_macro_f1", "test_precision", "test_recall", "test_f1", "test_auc"] if binary \
+        cols = ["test_acc", "test_precision", "test_recall", "test_f1", "test_auc", "test_f1_at_0.5",
+                "test_f1_midpoint"] if binary \
             else ["test_acc", "test_macro_f1"]
         n_test = sorted({r["n_test"] for r in rows if r["task"] == t})
         lines += ["", f"{t} (test clips per seed: {', '.join(map(str, n_test))})", "",

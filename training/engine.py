@@ -120,8 +120,10 @@ def resolve_device(device: str = "auto") -> torch.device:
 
 @dataclass
 class DistInfo:
+    """This process's place in a ``torch.distributed`` job (rank 0 of 1 when not distributed)."""
     rank: int = 0
     world: int = 1
+    local_rank: int = 0             # rank within the node (torchrun's LOCAL_RANK): picks the GPU
 
     @property
     def main(self) -> bool:
@@ -131,20 +133,29 @@ class DistInfo:
     def current(cls) -> "DistInfo":
         import torch.distributed as dist
         if dist.is_available() and dist.is_initialized():
-            return cls(dist.get_rank(), dist.get_world_size())
+            return cls(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", 0)))
         return cls()
 
 
 def epoch_batches(n_items: int, batch_size: int, generator: torch.Generator, shuffle: bool = True,
-                  drop_last: bool = True, dist: DistInfo = DistInfo()):
-    """Global batches of item indices; each rank yields its contiguous share of every batch."""
+                  drop_last: bool = True, dist: DistInfo = DistInfo(), with_sizes: bool = False):
+    """Global batches of item indices; each rank yields its contiguous share of every batch.
+
+    Every rank draws the same permutation (``generator`` is seeded alike on all ranks), so the
+    shares are disjoint and together are exactly the single-process batch. A final batch with
+    fewer items than ranks is skipped on every rank (no rank may get an empty share). With
+    ``with_sizes`` the items are ``(share, global_batch_size)``.
+    """
     order = torch.randperm(n_items, generator=generator) if shuffle else torch.arange(n_items)
     stop = (n_items // batch_size) * batch_size if drop_last and n_items >= batch_size else n_items
     for s in range(0, stop, batch_size):
         batch = order[s:s + batch_size]
+        n_global = len(batch)
         if dist.world > 1:
+            if n_global < dist.world:
+                continue
             batch = batch.tensor_split(dist.world)[dist.rank]
-        yield batch
+        yield (batch, n_global) if with_sizes else batch
 
 
 def mixup_batch(x, y, alpha: float, generator: torch.Generator):
@@ -235,6 +246,31 @@ def _task_from(ds, extra: dict) -> dict:
     return task
 
 
+def _check_shared_dir(out: Path, dist: DistInfo, device) -> None:
+    """Every rank reads ``last.pt`` (resume) and ``best.safetensors`` (final test) that rank 0 writes,
+    so a multi-node run needs ``out`` on a shared filesystem; fail at the start rather than at the end."""
+    import torch.distributed as tdist
+    nonce = torch.tensor([int.from_bytes(os.urandom(6), "little") if dist.main else 0],
+                         dtype=torch.int64, device=device)
+    tdist.broadcast(nonce, 0)
+    probe = out / ".ddp_shared_check"
+    if dist.main:
+        probe.write_text(str(int(nonce)))
+    tdist.barrier()
+    try:
+        ok = probe.read_text().strip() == str(int(nonce))
+    except OSError:
+        ok = False
+    flag = torch.tensor([1 if ok else 0], dtype=torch.int64, device=device)
+    tdist.all_reduce(flag, op=tdist.ReduceOp.MIN)
+    tdist.barrier()
+    if dist.main:
+        probe.unlink(missing_ok=True)
+    if int(flag) != 1:
+        raise RuntimeError(f"output directory {out} is not shared by all ranks: put --out on a filesystem "
+                           "every node can read (rank 0 writes the checkpoints the others load)")
+
+
 def fit(model: torch.nn.Module, train_ds, val_ds, test_ds=None, cfg: TrainConfig = TrainConfig(),
         out_dir: str | os.PathLike = "runs/run", resume: bool = True, meta: dict | None = None,
         on_epoch_end: Callable[[dict, list[dict]], None] | None = None) -> dict:
@@ -252,6 +288,8 @@ def fit(model: torch.nn.Module, train_ds, val_ds, test_ds=None, cfg: TrainConfig
     if cfg.threads:
         torch.set_num_threads(int(cfg.threads))
     device = resolve_device(cfg.device)
+    if dist.world > 1 and device.type == "cuda" and device.index is None:
+        device = torch.device("cuda", torch.cuda.current_device())   # set per LOCAL_RANK by training.distributed
     _set_seed(cfg.seed)
     task = _task_from(train_ds, meta)
 
@@ -262,6 +300,10 @@ def fit(model: torch.nn.Module, train_ds, val_ds, test_ds=None, cfg: TrainConfig
         if ds is not None:
             ds.set_normalization(*train_ds.normalization)
 
+    if dist.world > 1 and device.type == "cuda" and os.environ.get("DDP_SYNC_BN", "1") != "0":
+        # batch statistics over the global batch, as in single-process training (CUDA only in torch;
+        # same parameters and state_dict keys, so checkpoints load into the plain model)
+        model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
     model = model.to(device)
     base_model = model
     if dist.world > 1:
@@ -287,6 +329,8 @@ def fit(model: torch.nn.Module, train_ds, val_ds, test_ds=None, cfg: TrainConfig
     best = {"val_acc": -1.0, "val_loss": float("inf"), "epoch": 0}
     start_epoch = 0
     last_path = out / "last.pt"
+    if dist.world > 1:
+        _check_shared_dir(out, dist, device)
     if resume and last_path.exists():
         state = torch.load(last_path, map_location="cpu", weights_only=True)
         base_model.load_state_dict(state["model"])
@@ -300,6 +344,15 @@ def fit(model: torch.nn.Module, train_ds, val_ds, test_ds=None, cfg: TrainConfig
             print(f"resumed from {last_path} after epoch {start_epoch}")
         if state.get("stopped"):
             start_epoch = cfg.epochs
+    if dist.world > 1:
+        import torch.distributed as tdist
+        chk = torch.tensor([start_epoch, -start_epoch], dtype=torch.float64, device=device)
+        tdist.all_reduce(chk, op=tdist.ReduceOp.MAX)
+        if chk[0] != -chk[1]:
+            raise RuntimeError(f"ranks disagree on the resume state of {last_path} (epochs {int(-chk[1])}.."
+                               f"{int(chk[0])}): the output directory must be shared by all nodes")
+        if dist.rank > 0:   # own dropout / mixup-lambda stream per rank (rank 0 keeps the saved one)
+            torch.manual_seed(cfg.seed + 1_000_003 * dist.rank + start_epoch)
 
     def ckpt_meta(metrics: dict) -> dict:
         m = dict(meta)
@@ -316,12 +369,12 @@ def fit(model: torch.nn.Module, train_ds, val_ds, test_ds=None, cfg: TrainConfig
         model.train()
         t0 = time.perf_counter()
         data_time, n_seen, loss_sum, correct = 0.0, 0, 0.0, 0.0
-        batches = epoch_batches(len(train_ds), cfg.batch_size, gen, True, cfg.drop_last, dist)
+        batches = epoch_batches(len(train_ds), cfg.batch_size, gen, True, cfg.drop_last, dist, with_sizes=True)
         bar = None
         if cfg.progress and dist.main:
             from tqdm.auto import tqdm
             bar = tqdm(total=steps_per_epoch, desc=f"epoch {epoch + 1}/{cfg.epochs}", leave=False)
-        for idx in batches:
+        for idx, n_global in batches:
             td = time.perf_counter()
             x, y = train_ds.get_batch(idx, aug_gen)
             data_time += time.perf_counter() - td
@@ -329,7 +382,9 @@ def fit(model: torch.nn.Module, train_ds, val_ds, test_ds=None, cfg: TrainConfig
             mixed = cfg.mixup > 0 and float(torch.rand(1, generator=gen)) < cfg.mixup_prob
             with torch.autocast("cuda", dtype=torch.bfloat16, enabled=use_amp):
                 if mixed:
-                    xm, ya, yb, lam = mixup_batch(x, y, cfg.mixup, gen)
+                    # the pairing permutation is local to a rank's share; drawing it from the shared
+                    # ``gen`` would desynchronise the ranks' batch order when shares differ in size
+                    xm, ya, yb, lam = mixup_batch(x, y, cfg.mixup, gen if dist.world == 1 else aug_gen)
                     logits = model(xm)
                     loss = lam * F.cross_entropy(logits.float(), ya, weights, label_smoothing=cfg.label_smoothing) + \
                         (1 - lam) * F.cross_entropy(logits.float(), yb, weights, label_smoothing=cfg.label_smoothing)
@@ -337,7 +392,10 @@ def fit(model: torch.nn.Module, train_ds, val_ds, test_ds=None, cfg: TrainConfig
                     logits = model(x)
                     loss = F.cross_entropy(logits.float(), y, weights, label_smoothing=cfg.label_smoothing)
             optimizer.zero_grad(set_to_none=True)
-            loss.backward()
+            # DDP averages gradients over ranks; weighting each rank's mean loss by its share of the
+            # global batch makes that the gradient of the global-batch mean even for uneven shares
+            share = dist.world * len(y) / n_global if dist.world > 1 else 1.0
+            (loss * share if share != 1.0 else loss).backward()
             if cfg.grad_clip and cfg.grad_clip > 0:
                 torch.nn.utils.clip_grad_norm_(base_model.parameters(), cfg.grad_clip)
             optimizer.step()
@@ -359,6 +417,13 @@ def fit(model: torch.nn.Module, train_ds, val_ds, test_ds=None, cfg: TrainConfig
             loss_sum, correct, n_seen = agg.tolist()
         train_time = time.perf_counter() - t0
         val = evaluate(base_model, val_ds, cfg.eval_batch_size, device, cfg.amp, task)
+        if dist.world > 1:
+            # every rank evaluates the whole validation set; rank 0's numbers decide for all, so that
+            # best-epoch selection and early stopping can never diverge between ranks
+            import torch.distributed as tdist
+            v = torch.tensor([val["accuracy"], val["loss"]], dtype=torch.float64, device=device)
+            tdist.broadcast(v, 0)
+            val["accuracy"], val["loss"] = v.tolist()
         row = {"epoch": epoch + 1, "train_loss": loss_sum / max(1, n_seen), "train_acc": correct / max(1, n_seen),
                "val_loss": val["loss"], "val_acc": val["accuracy"], "lr": optimizer.param_groups[0]["lr"],
                "epoch_time": train_time, "data_time": data_time, "eval_time": time.perf_counter() - t0 - train_time}
@@ -425,6 +490,9 @@ def finalize(model, out: Path, train_ds, val_ds, test_ds, cfg, device, history, 
     if test is not None:
         metrics["test_per_class_accuracy"] = test["per_class_accuracy"]
         metrics["test_confusion_matrix"] = test["confusion_matrix"]
+    if dist.world > 1:
+        import torch.distributed as tdist
+        tdist.barrier()      # every rank has read best.safetensors before rank 0 rewrites it
     if dist.main:
         save_checkpoint(out / "best.safetensors", model, ckpt_meta({k: v for k, v in metrics.items()
                                                                       if not k.startswith("test_confusion")}))

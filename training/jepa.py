@@ -56,13 +56,14 @@ from functools import partial
 from models.vjepa2 import (SpecViTEncoder, TokenGrid, _init_weights, _rescale_blocks, save_encoder,
                            sincos_pos_embed_2d)
 
-__all__ = ["MaskConfig", "sample_mask", "context_range", "sample_batch_masks", "JEPAPredictor", "JEPA", "PRED_PRESETS",
+__all__ = ["ClipBatches", "MaskConfig", "sample_mask", "context_range", "sample_batch_masks", "JEPAPredictor", "JEPA", "PRED_PRESETS",
            "pretrain", "main"]
 
 # predictor size per encoder preset (None = the constructor-default CPU config)
 PRED_PRESETS = {
     None: dict(pred_dim=96, pred_depth=4, pred_heads=3),
     "tiny": dict(pred_dim=16, pred_depth=1, pred_heads=2),
+    "mini": dict(pred_dim=64, pred_depth=3, pred_heads=2),
     "small": dict(pred_dim=96, pred_depth=4, pred_heads=3),
     "gpu": dict(pred_dim=192, pred_depth=6, pred_heads=6),
 }
@@ -210,12 +211,14 @@ class JEPA(nn.Module):
         with torch.no_grad():
             h = self.target_encoder(tub, tubelets=True)
             h = F.layer_norm(h.float(), (h.shape[-1],))
+            # collapse monitor: per-channel std of the targets over clips and tokens (-> 0 on collapse)
+            tgt_std = float(h.std(dim=(0, 1)).mean()) if return_stats else 0.0
             h = h.gather(1, tgt_idx.unsqueeze(-1).expand(-1, -1, h.shape[-1]))
         z = self.encoder(tub, keep_idx=ctx_idx, tubelets=True)
         p = self.predictor(z, ctx_idx, tgt_idx)
         loss = (p.float() - h).abs().mean()
         if return_stats:
-            return loss, {"pred_std": float(p.detach().float().std(dim=(0, 1)).mean()),
+            return loss, {"pred_std": float(p.detach().float().std(dim=(0, 1)).mean()), "tgt_std": tgt_std,
                           "ctx_frac": ctx_idx.shape[1] / self.encoder.grid.n_tokens,
                           "tgt_frac": tgt_idx.shape[1] / self.encoder.grid.n_tokens}
         return loss
@@ -296,14 +299,35 @@ def pretrain(jepa: JEPA, loader, epochs: int, lr: float = 5e-4, weight_decay: fl
     return history
 
 
+class ClipBatches:
+    """Shuffled batches of a :class:`audio_utils.FeatureDataset` through its vectorised
+    ``get_batch`` (one pass over the clips per epoch, last partial batch dropped)."""
+
+    def __init__(self, ds, batch_size: int, seed: int = 0):
+        self.ds, self.batch_size = ds, batch_size
+        self.gen = torch.Generator().manual_seed(seed)
+        self.aug_gen = torch.Generator().manual_seed(seed * 1000 + 17)
+
+    def __len__(self):
+        return max(1, len(self.ds) // self.batch_size)
+
+    def __iter__(self):
+        order = torch.randperm(len(self.ds), generator=self.gen)
+        for s in range(0, len(self) * self.batch_size, self.batch_size):
+            yield self.ds.get_batch(order[s:s + self.batch_size], self.aug_gen)
+
+
 def _parse_config(items: list[str]) -> dict:
     out = {}
     for it in items or []:
-        k, _, v = it.partition("=")
+        k, _, v = it.partition("=")   # JSON values as in train.py --config (also Python literals)
         try:
-            out[k] = ast.literal_eval(v)
-        except (ValueError, SyntaxError):
-            out[k] = v
+            out[k] = json.loads(v)
+        except json.JSONDecodeError:
+            try:
+                out[k] = ast.literal_eval(v)
+            except (ValueError, SyntaxError):
+                out[k] = v
     return out
 
 
@@ -335,7 +359,7 @@ def main(argv=None):
     ap.add_argument("--grad-clip", type=float, default=1.0)
     ap.add_argument("--ema", type=float, nargs=2, default=(0.996, 1.0), metavar=("START", "END"))
     ap.add_argument("--preset", default=None, help="vjepa2 model preset (tiny/small/gpu); default CPU config")
-    ap.add_argument("--config", nargs="*", default=[], metavar="KEY=VALUE",
+    ap.add_argument("--config", action="append", default=[], metavar="KEY=VALUE",
                     help="vjepa2 model overrides, same as train.py --config (encoder keys must match at fine-tune)")
     ap.add_argument("--drop-path", type=float, default=0.0, help="drop path of the context encoder while pretraining")
     ap.add_argument("--pred-dim", type=int, default=None)
@@ -347,7 +371,7 @@ def main(argv=None):
                     help="which encoder to write (V-JEPA uses the EMA target)")
     ap.add_argument("--max-steps", type=int, default=None, help="cap steps per epoch (smoke tests)")
     ap.add_argument("--threads", type=int, default=None, help="torch.set_num_threads")
-    ap.add_argument("--num-workers", type=int, default=0)
+    ap.add_argument("--cache-dir", default=None, help="feature cache directory (default data/cache)")
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--amp", action="store_true", help="bf16 autocast on CUDA")
     ap.add_argument("--seed", type=int, default=0)
@@ -363,17 +387,19 @@ def main(argv=None):
 
     from audio_utils import ESC50Dataset
 
-    ds = ESC50Dataset(args.data_dir, folds=args.folds, mode="sequence", augment=args.augment)
-    n_frames, n_mels = tuple(ds[0][0].shape)
+    ds = ESC50Dataset(args.data_dir, folds=args.folds, mode="sequence", augment=args.augment, expansion=1,
+                      cache_dir=args.cache_dir)
+    # normalisation from the pretraining clips = the fine-tuning training split (folds 1-3), which is
+    # what the engine computes for train.py, so the encoder sees identically normalised inputs
+    ds.set_normalization(*ds.compute_normalization())
+    n_frames, n_mels = ds.feature_cfg.n_frames, ds.feature_cfg.n_mels
     config = _parse_config(args.config)
     config["drop_path"] = args.drop_path
     pred = {k: v for k, v in dict(pred_dim=args.pred_dim, pred_depth=args.pred_depth,
                                   pred_heads=args.pred_heads).items() if v is not None}
     mask_cfg = MaskConfig(context_ratio=tuple(args.context_ratio))
     jepa, resolved = build_jepa(n_frames, n_mels, args.preset, config, pred, mask_cfg)
-    loader = torch.utils.data.DataLoader(ds, batch_size=args.batch_size, shuffle=True, drop_last=True,
-                                         num_workers=args.num_workers,
-                                         generator=torch.Generator().manual_seed(args.seed))
+    loader = ClipBatches(ds, args.batch_size, seed=args.seed)
     os.makedirs(args.out, exist_ok=True)
     n_params = sum(p.numel() for p in jepa.trainable().parameters())
     print(f"JEPA pretraining: {len(ds)} clips (folds {args.folds}), grid {jepa.encoder.grid}, "
@@ -382,7 +408,8 @@ def main(argv=None):
     hist = pretrain(jepa, loader, args.epochs, args.lr, args.weight_decay, args.warmup_frac, tuple(args.ema),
                     args.grad_clip, args.max_steps, args.device, args.out, args.export,
                     log=lambda s: print(s, flush=True), seed=args.seed, amp=args.amp)
-    summary = {"args": vars(args), "model_config": resolved, "mask": asdict(MaskConfig(context_ratio=tuple(args.context_ratio))),
+    summary = {"args": vars(args), "normalization": {"mean": ds.normalization[0].tolist(),
+                                                       "std": ds.normalization[1].tolist()}, "model_config": resolved, "mask": asdict(MaskConfig(context_ratio=tuple(args.context_ratio))),
                "n_clips": len(ds), "trainable_params": n_params, "total_time_s": time.perf_counter() - t0,
                "history": hist, "encoder": os.path.join(args.out, "encoder.safetensors")}
     with open(os.path.join(args.out, "metrics.json"), "w") as f:

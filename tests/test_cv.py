@@ -1,0 +1,101 @@
+"""Cross-validation runner (training/cv.py) on the tiny synthetic ESC-50 tree."""
+import csv
+import json
+
+import numpy as np
+import pytest
+
+from training import cv
+from training.checkpoint import read_meta
+
+
+def _args(esc50_flac, out, *extra):
+    return ["--model", "mlp", "--preset", "tiny", "--data-dir", str(esc50_flac), "--epochs", "1",
+            "--batch-size", "6", "--no-augment", "--expansion", "1", "--mixup", "0", "--threads", "1",
+            "--no-progress", "--out", str(out), *extra]
+
+
+def test_fold_split_rotates_validation():
+    assert cv.fold_split(1) == ((3, 4, 5), (2,), (1,))
+    assert cv.fold_split(4) == ((1, 2, 3), (5,), (4,))
+    assert cv.fold_split(5) == ((2, 3, 4), (1,), (5,))
+    for k in cv.ALL_FOLDS:
+        tr, va, te = cv.fold_split(k)
+        assert sorted(tr + va + te) == [1, 2, 3, 4, 5] and va == (k % 5 + 1,)
+    with pytest.raises(ValueError):
+        cv.fold_split(6)
+
+
+def test_five_fold_cv_end_to_end_and_resume(esc50_flac, tmp_path, capsys):
+    out = tmp_path / "cv"
+    assert cv.main(_args(esc50_flac, out)) == 0
+    printed = capsys.readouterr().out
+    assert "test accuracy:" in printed and "+-" in printed
+
+    summary = json.loads((out / "cv_results.json").read_text())
+    assert summary["complete"] and summary["folds_done"] == [1, 2, 3, 4, 5] and summary["model"] == "mlp"
+    accs = []
+    for k in cv.ALL_FOLDS:
+        d = out / f"fold{k}"
+        m = json.loads((d / "metrics.json").read_text())
+        accs.append(m["test_acc"])
+        assert m["n_test"] == 6                                   # the held-out fold: 3 classes x 2 clips
+        meta = read_meta(d / "best.safetensors")
+        assert meta["dataset"]["test_folds"] == [k] and meta["dataset"]["val_folds"] == [k % 5 + 1]
+        assert meta["cv"]["fold"] == k
+    assert summary["test_acc"]["mean"] == pytest.approx(np.mean(accs))
+    assert summary["test_acc"]["std"] == pytest.approx(np.std(accs, ddof=1))
+    assert [r["test_acc"] for r in summary["per_fold"]] == pytest.approx(accs)
+    with open(out / "cv_results.csv") as fh:
+        rows = list(csv.DictReader(fh))
+    assert [r["fold"] for r in rows] == ["1", "2", "3", "4", "5", "mean", "std"]
+    assert float(rows[5]["test_acc"]) == pytest.approx(np.mean(accs))
+
+    # rerun: finished folds are skipped, nothing is retrained
+    stamps = {k: (out / f"fold{k}" / "metrics.json").stat().st_mtime_ns for k in cv.ALL_FOLDS}
+    assert cv.main(_args(esc50_flac, out)) == 0
+    printed = capsys.readouterr().out
+    assert printed.count("finished earlier") == 5 and "epoch " not in printed
+    assert stamps == {k: (out / f"fold{k}" / "metrics.json").stat().st_mtime_ns for k in cv.ALL_FOLDS}
+
+    # an interrupted fold (last.pt but no metrics.json) resumes from last.pt instead of restarting
+    (out / "fold3" / "metrics.json").unlink()
+    assert cv.main(_args(esc50_flac, out, "--folds", "3")) == 0
+    printed = capsys.readouterr().out
+    assert "fold 3: resuming" in printed and "resumed from" in printed
+    assert len(json.loads((out / "fold3" / "history.json").read_text())) == 1     # no extra epochs
+    assert json.loads((out / "cv_results.json").read_text())["complete"]
+
+    # a finished fold trained with other settings is kept, with a warning
+    assert cv.main(_args(esc50_flac, out, "--folds", "2", "--lr", "0.1")) == 0
+    assert "other settings" in capsys.readouterr().err
+
+
+def test_folds_as_separate_processes_then_summarise(esc50_flac, tmp_path, capsys):
+    out = tmp_path / "cv"
+    assert cv.main(_args(esc50_flac, out, "--folds", "2")) == 0
+    assert sorted(p.name for p in out.iterdir() if p.is_dir()) == ["fold2"]
+    part = json.loads((out / "cv_results.json").read_text())
+    assert not part["complete"] and part["folds_done"] == [2] and part["folds_missing"] == [1, 3, 4, 5]
+    assert cv.main(_args(esc50_flac, out, "--folds", "1,3")) == 0
+    capsys.readouterr()
+    # collecting needs no model flags and trains nothing
+    assert cv.main(["--out", str(out), "--summarise"]) == 0
+    printed = capsys.readouterr().out
+    assert "epoch " not in printed and "partial summary" in printed
+    s = json.loads((out / "cv_results.json").read_text())
+    assert s["folds_done"] == [1, 2, 3] and s["test_acc"]["n"] == 3
+
+
+def test_cli_errors(esc50_flac, tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        cv.main(_args(esc50_flac, tmp_path / "x", "--test-folds", "2"))     # folds are the runner's job
+    with pytest.raises(SystemExit):
+        cv.main(_args(esc50_flac, tmp_path / "x", "--folds", "6"))
+    with pytest.raises(SystemExit):
+        cv.main(["--epochs", "1"])                                           # no --model
+    capsys.readouterr()
+    assert cv.main(["--out", str(tmp_path / "empty"), "--summarise"]) == 2
+    assert "no finished folds" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        cv.main(["--help"])
