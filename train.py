@@ -46,6 +46,10 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--val-folds", type=int_list, default=(4,), help="ESC-50 validation folds (default 4)")
     d.add_argument("--test-folds", type=int_list, default=(5,), help="ESC-50 test folds (default 5)")
     d.add_argument("--classes", help="folder dataset: comma-separated classes to keep")
+    d.add_argument("--merge", action="append", metavar="NEW=A+B",
+                   help="folder dataset: merge class folders A and B into class NEW (repeatable)")
+    d.add_argument("--group-pattern", metavar="REGEX",
+                   help="folder dataset: regex removed from file stems; files with the same remaining stem stay in one split")
     d.add_argument("--split-seed", type=int, default=0, help="folder dataset: seed of the stratified split")
     d.add_argument("--one-vs-rest", metavar="CLASS", help="binary task: CLASS vs all others")
     d.add_argument("--feature-preset", help="named feature settings (training/presets.py: esc50, drums)")
@@ -72,8 +76,14 @@ def build_parser() -> argparse.ArgumentParser:
 def data_spec_from_args(args):
     """The :class:`training.data.DataSpec` described by parsed CLI arguments (shared with training.cv)."""
     from training.data import DataSpec
-    from training.presets import feature_preset
+    from training.presets import augment_preset, feature_preset
 
+    merge = {}
+    for item in args.merge or []:
+        new, _, olds = item.partition("=")
+        if not new or not olds:
+            raise ValueError(f"--merge expects NEW=old1+old2, got '{item}'")
+        merge[new] = [o for o in olds.split("+") if o]
     feature_config = feature_preset(args.feature_preset).to_dict() if args.feature_preset else {}
     feature_config.update(parse_kv(args.feature, "--feature"))
     return DataSpec(kind=args.dataset, root=args.data_dir, train_folds=args.train_folds,
@@ -81,7 +91,8 @@ def data_spec_from_args(args):
                     classes=tuple(c.strip() for c in args.classes.split(",")) if args.classes else None,
                     split_seed=args.split_seed, feature_config=feature_config,
                     augment=not args.no_augment, expansion=args.expansion, cache_dir=args.cache_dir,
-                    one_vs_rest=args.one_vs_rest)
+                    one_vs_rest=args.one_vs_rest, merge=merge or None, group_pattern=args.group_pattern,
+                    augment_config=augment_preset(args.feature_preset) if args.feature_preset else {})
 
 
 def train_config_from_args(args):
@@ -116,8 +127,11 @@ def main(argv=None) -> int:
         msg = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
         print(f"error: {msg}", file=sys.stderr)
         return 2
-    print(json.dumps({k: metrics[k] for k in ("model", "params", "best_epoch", "val_acc", "test_acc",
-                                              "mean_epoch_time_s")}))
+    summary = {k: metrics[k] for k in ("model", "params", "best_epoch", "val_acc", "test_acc", "mean_epoch_time_s")}
+    if metrics.get("test_binary"):
+        summary.update(threshold=metrics["test_binary"]["threshold"], test_f1=metrics["test_binary"]["f1"],
+                       test_roc_auc=metrics["test_binary"]["roc_auc"])
+    print(json.dumps(summary))
     print(f"checkpoint: {out / 'best.safetensors'}")
     return 0
 

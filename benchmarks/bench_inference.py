@@ -11,7 +11,8 @@ Decoding a file is model-independent and is timed once, separately.
     python benchmarks/bench_inference.py [--threads 2] [--models cnn,mamba] [--batch 32] [--seconds 3]
 
 Goal: <= 10 ms per clip (batch 1, 2 CPU cores, features included). Note that other processes on the
-machine share the CPU: the load average is printed before and after.
+machine share the CPU: the load average is printed before and after. Like inference.py, the script
+sets OMP_WAIT_POLICY=PASSIVE unless it is set; run it with OMP_WAIT_POLICY=ACTIVE to compare.
 """
 from __future__ import annotations
 
@@ -24,6 +25,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")    # as inference.py does (before torch loads OpenMP)
 
 import numpy as np  # noqa: E402
 import soundfile as sf  # noqa: E402
@@ -81,6 +83,7 @@ def main() -> None:
     names = args.models.split(",") if args.models else models.available()
     load0 = os.getloadavg()
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {os.cpu_count()} CPUs visible, "
+          f"OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY')}, "
           f"load average {load0[0]:.2f} / {load0[1]:.2f} / {load0[2]:.2f} (1 / 5 / 15 min)")
     rng = np.random.default_rng(0)
     wave = torch.from_numpy((0.1 * rng.standard_normal(80_000)).astype(np.float32))

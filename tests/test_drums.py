@@ -2,7 +2,6 @@
 end (threshold chosen on validation and stored in the checkpoint), and the notebook on tiny data."""
 import json
 import math
-import os
 from pathlib import Path
 
 import numpy as np
@@ -213,6 +212,17 @@ def test_experiment_helpers(drum_folder):
     assert sum(bool(h) for h in holders) == 1 and len(set().union(*holders)) == 4
 
 
+def test_experiment_script_tiny(drum_folder, capsys):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("drums_experiment", REPO / "benchmarks" / "drums_experiment.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    assert mod.main(["--data-dir", str(drum_folder), "--tiny", "--models", "mlp", "--seeds", "0"]) == 0
+    out = capsys.readouterr().out
+    assert "| mlp |" in out and "snare_vs_rest" in out and "positives" in out
+
+
 # ------------------------------------------------------------------ notebook
 @pytest.mark.slow
 def test_notebook_runs_on_tiny_data(drum_folder, monkeypatch):
@@ -224,9 +234,13 @@ def test_notebook_runs_on_tiny_data(drum_folder, monkeypatch):
                for c in nb.cells if c.cell_type == "code"), "store the notebook without outputs"
     monkeypatch.setenv("TOOLKIT_TINY", "1")
     monkeypatch.setenv("TOOLKIT_DATA_DIR", str(drum_folder))
-    monkeypatch.setenv("MPLBACKEND", "Agg")
+    monkeypatch.delenv("MPLBACKEND", raising=False)          # the kernel's inline backend makes the PNGs
     client = nbclient.NotebookClient(nb, timeout=60, kernel_name="python3",
                                      resources={"metadata": {"path": str(path.parent)}})
     client.execute()
-    text = "\n".join(o.get("text", "") for c in nb.cells for o in c.get("outputs", []) if o.get("name") == "stdout")
-    assert "kick_vs_rest" in text and "| mlp |" in text
+    outputs = [o for c in nb.cells for o in c.get("outputs", [])]
+    text = "\n".join(o.get("text", "") for o in outputs if o.get("name") == "stdout")
+    markdown = "\n".join(o["data"]["text/markdown"] for o in outputs if "text/markdown" in o.get("data", {}))
+    images = [o for o in outputs if "image/png" in o.get("data", {})]
+    assert "kick_vs_rest" in text and "snare_vs_rest" in text and "liquid_s4" in text    # ran, or "skipping liquid_s4: ..."
+    assert "| mlp |" in markdown and "| cnn |" in markdown and len(images) >= 3

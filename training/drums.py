@@ -18,8 +18,11 @@ Environment (notebook): ``TOOLKIT_TINY=1`` selects tiny models, one epoch and on
 """
 from __future__ import annotations
 
+import contextlib
+import io
 import math
 import os
+import sys
 import tempfile
 import time
 from dataclasses import dataclass
@@ -118,6 +121,23 @@ def model_available(name: str) -> tuple[bool, str]:
         return False, f"{type(exc).__name__}: {str(exc).splitlines()[0][:120] if str(exc) else ''}"
 
 
+@contextlib.contextmanager
+def keep_matplotlib_backend():
+    """Restore pyplot's backend afterwards: the engine's ``plot_history`` switches to Agg, which
+    would silence the inline figures of a notebook that trains and then plots."""
+    prev = None
+    if "matplotlib.pyplot" in sys.modules:
+        import matplotlib
+        prev = matplotlib.get_backend()
+    try:
+        yield
+    finally:
+        if prev is not None:
+            import matplotlib
+            if matplotlib.get_backend() != prev:
+                matplotlib.use(prev, force=True)
+
+
 def run_one(model: str, task: Task, seed: int, root: str | os.PathLike | None = None,
             out_dir: str | os.PathLike | None = None, train: dict | None = None,
             model_config: dict | None = None, preset: str | None = None, threads: int | None = 1,
@@ -125,8 +145,6 @@ def run_one(model: str, task: Task, seed: int, root: str | os.PathLike | None = 
     """Train one model on one task with ``seed`` (split seed = init seed); return a flat row.
 
     ``quiet`` swallows the engine's per-epoch lines (the row carries the results)."""
-    import contextlib
-    import io
 
     from training.runner import make_train_config, train_model
 
@@ -146,7 +164,8 @@ def run_one(model: str, task: Task, seed: int, root: str | os.PathLike | None = 
         out_dir = tmp.name
     t0 = time.perf_counter()
     try:
-        with contextlib.redirect_stdout(io.StringIO()) if quiet else contextlib.nullcontext():
+        with contextlib.redirect_stdout(io.StringIO()) if quiet else contextlib.nullcontext(), \
+                keep_matplotlib_backend():
             m = train_model(model, spec, out_dir, cfg, preset=preset, model_config=mc, resume=False,
                             datasets=datasets)
         extra = _threshold_study(Path(out_dir) / "best.safetensors", datasets) if task.binary else {}
@@ -236,7 +255,7 @@ def mean_std(values: Sequence[float]) -> tuple[float, float]:
     v = np.asarray([x for x in values if x is not None and not (isinstance(x, float) and math.isnan(x))], float)
     if not len(v):
         return float("nan"), float("nan")
-    return float(v.mean()), float(v.std(ddof=1)) if len(v) > 1 else 0.0
+    return float(v.mean()), float(v.std(ddof=1)) if len(v) > 1 else float("nan")
 
 
 def summarize(rows: Sequence[dict], metrics: dict[str, str] | None = None) -> dict[tuple[str, str], dict]:
@@ -255,7 +274,9 @@ def summarize(rows: Sequence[dict], metrics: dict[str, str] | None = None) -> di
 
 
 def _pm(ms: tuple[float, float]) -> str:
-    return "n/a" if math.isnan(ms[0]) else f"{ms[0]:.3f} ± {ms[1]:.3f}"
+    if math.isnan(ms[0]):
+        return "n/a"
+    return f"{ms[0]:.3f}" if math.isnan(ms[1]) else f"{ms[0]:.3f} ± {ms[1]:.3f}"
 
 
 def format_table(rows: Sequence[dict]) -> str:
@@ -265,7 +286,7 @@ def format_table(rows: Sequence[dict]) -> str:
     model_order += sorted({k[0] for k in s} - set(model_order))
     task_order = list(dict.fromkeys(r["task"] for r in rows))
     seeds = sorted({r["seed"] for r in rows})
-    lines = [f"Headline (mean ± std over {len(seeds)} seed(s) {seeds}: multiclass = test accuracy, "
+    lines = [f"Headline (mean ± sample std over {len(seeds)} seed(s) {seeds}: multiclass = test accuracy, "
              "one-vs-rest = test F1 at the validation-chosen threshold)", ""]
     lines.append("| model | params | " + " | ".join(task_order) + " |")
     lines.append("|---|---:|" + "---:|" * len(task_order))
@@ -279,7 +300,9 @@ def format_table(rows: Sequence[dict]) -> str:
                 "test_f1_midpoint"] if binary \
             else ["test_acc", "test_macro_f1"]
         n_test = sorted({r["n_test"] for r in rows if r["task"] == t})
-        lines += ["", f"{t} (test clips per seed: {', '.join(map(str, n_test))})", "",
+        n_pos = sorted({r["n_pos"] for r in rows if r["task"] == t and r.get("n_pos") is not None})
+        pos = f"; positives: {', '.join(map(str, n_pos))}" if n_pos else ""
+        lines += ["", f"{t} (test clips per seed: {', '.join(map(str, n_test))}{pos})", "",
                   "| model | " + " | ".join(c.replace("test_", "") for c in cols) + " | s/run |",
                   "|---|" + "---:|" * (len(cols) + 1)]
         for m in model_order:
@@ -301,13 +324,13 @@ def plot_summary(rows: Sequence[dict], ax=None):
     width = 0.8 / max(1, len(names))
     for i, m in enumerate(names):
         means = [s[(m, t)][headline(t)][0] if (m, t) in s else np.nan for t in tasks]
-        stds = [s[(m, t)][headline(t)][1] if (m, t) in s else 0 for t in tasks]
+        stds = [np.nan_to_num(s[(m, t)][headline(t)][1]) if (m, t) in s else 0 for t in tasks]
         ax.bar(np.arange(len(tasks)) + (i - (len(names) - 1) / 2) * width, means, width, yerr=stds,
                capsize=3, label=m)
     ax.set_xticks(np.arange(len(tasks)), [f"{t}\n({'acc' if t == 'multiclass' else 'F1'})" for t in tasks])
     ax.set_ylim(0, 1.05)
     ax.set_ylabel("test score")
-    ax.legend(fontsize=8, ncol=min(5, len(names)))
+    ax.legend(fontsize=8, ncol=min(5, len(names)), loc="lower center", bbox_to_anchor=(0.5, 1.0), frameon=False)
     ax.grid(axis="y", alpha=0.3)
     return ax
 

@@ -222,22 +222,23 @@ def _write_history(out: Path, history: list[dict]) -> None:
 
 
 def plot_history(history: list[dict], path, title: str = "") -> None:
-    import matplotlib
-    matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
+    """Loss and accuracy curves as a PNG (an Agg canvas: leaves the notebook's backend alone)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
 
     ep = [h["epoch"] for h in history]
-    fig, ax = plt.subplots(1, 2, figsize=(10, 3.6))
-    ax[0].plot(ep, [h["train_loss"] for h in history], label="train")
-    ax[0].plot(ep, [h["val_loss"] for h in history], label="val")
-    ax[0].set_xlabel("epoch"), ax[0].set_ylabel("loss"), ax[0].legend()
-    ax[1].plot(ep, [h["train_acc"] for h in history], label="train")
-    ax[1].plot(ep, [h["val_acc"] for h in history], label="val")
-    ax[1].set_xlabel("epoch"), ax[1].set_ylabel("accuracy"), ax[1].legend()
+    fig = Figure(figsize=(10, 3.6))
+    FigureCanvasAgg(fig)
+    ax = fig.subplots(1, 2)
+    for i, key in enumerate(("loss", "acc")):
+        ax[i].plot(ep, [h[f"train_{key}"] for h in history], label="train")
+        ax[i].plot(ep, [h[f"val_{key}"] for h in history], label="val")
+        ax[i].set_xlabel("epoch")
+        ax[i].set_ylabel("loss" if key == "loss" else "accuracy")
+        ax[i].legend()
     fig.suptitle(title)
     fig.tight_layout()
     fig.savefig(path, dpi=90)
-    plt.close(fig)
 
 
 def _task_from(ds, extra: dict) -> dict:

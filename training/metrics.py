@@ -72,14 +72,22 @@ def binary_metrics(scores, positives, threshold: float = 0.5) -> dict:
 
 
 def best_threshold(scores, positives) -> float:
-    """The threshold maximising F1 on (validation) scores; 0.5 when there are no positives."""
+    """The threshold maximising F1 on (validation) scores.
+
+    It is placed halfway between the lowest score it accepts and the next lower score, not on a
+    validation example's score, so that it does not overfit a small validation set; 0.5 when there
+    are no positives.
+    """
     scores = np.asarray(scores, dtype=np.float64)
     pos = np.asarray(positives, dtype=bool)
     if not pos.any():
         return 0.5
-    best_t, best_f1 = 0.5, -1.0
-    for t in np.unique(scores):
+    uniq = np.unique(scores)
+    best_i, best_f1 = 0, -1.0
+    for i, t in enumerate(uniq):
         f1 = binary_metrics(scores, pos, t)["f1"]
         if f1 > best_f1:
-            best_t, best_f1 = float(t), f1
-    return best_t
+            best_i, best_f1 = i, f1
+    if best_i == 0:
+        return float(uniq[0])
+    return float((uniq[best_i] + uniq[best_i - 1]) / 2)
