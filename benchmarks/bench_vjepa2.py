@@ -106,11 +106,11 @@ def main(argv=None):
     torch.set_num_threads(args.threads)
     load = os.getloadavg() if hasattr(os, "getloadavg") else None
     print(f"torch {torch.__version__}, {args.threads} threads, device {args.device}, "
-          f"{args.steps} steps x batch {args.batch_size}; load average before: {load}")
+          f"{args.steps} steps x batch {args.batch_size}; load average before: {load}", flush=True)
     hdr = (f"{'variant':9s} {'tokens':9s} {'params':>9s} | {'sup epoch s':>11s} {'s/step':>6s} {'/goal':>5s} | "
            f"{'JEPA epoch s':>12s} {'s/step':>6s} {'/goal':>5s} {'JEPA/sup':>8s} | {'eval 800 s':>10s}")
     print(hdr)
-    print("-" * len(hdr))
+    print("-" * len(hdr), flush=True)
     for v in args.variants:
         r = bench(v, args.steps, args.batch_size, args.warmup, device=args.device)
         print(f"{r['variant']:9s} {r['tokens']:9s} {r['params'] / 1e6:8.2f}M | {r['sup']:11.1f} "

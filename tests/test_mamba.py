@@ -5,7 +5,6 @@ from __future__ import annotations
 import copy
 import importlib
 import io
-import math
 import sys
 
 import pytest
