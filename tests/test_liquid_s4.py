@@ -373,3 +373,23 @@ def test_deterministic_with_seed():
             opt.step()
         outs.append(m.eval()(x))
     assert torch.equal(outs[0], outs[1])
+
+
+def test_inference_kernel_cache_matches_and_invalidates():
+    import models as _models
+    torch.manual_seed(0)
+    m = _models.build_model("liquid_s4", num_classes=5, preset="tiny").eval()
+    x = torch.randn(2, 155, 128)
+    with torch.no_grad():
+        first = m(x)
+        again = m(x)                                        # served from the cache
+        k = m.blocks[0].layer.kernel
+        assert torch.equal(k(155), k._compute(155))
+        with torch.no_grad():
+            k.log_dt.add_(0.3)                              # a parameter change invalidates it
+        assert torch.equal(k(155), k._compute(155))
+        changed = m(x)
+    assert torch.equal(first, again) and not torch.allclose(first, changed)
+    m.train()
+    with torch.enable_grad():
+        assert m(x).requires_grad                           # training never uses the cache
