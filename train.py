@@ -109,9 +109,23 @@ def train_config_from_args(args):
         compile=args.compile or None, progress=not args.no_progress)
 
 
+def run_cli(body, interrupted: str = "interrupted: rerun the same command to resume from the last epoch") -> int:
+    """Run ``body()`` (returns an exit code); expected failures become one line on stderr, exit 2."""
+    try:
+        return body()
+    except KeyboardInterrupt:
+        print(interrupted, file=sys.stderr)
+        return 130
+    except (ValueError, KeyError, FileNotFoundError, RuntimeError, OSError) as exc:
+        msg = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
+        print(f"error: {msg}", file=sys.stderr)
+        return 2
+
+
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
-    try:
+
+    def body() -> int:
         from training.runner import train_model
 
         cfg = train_config_from_args(args)
@@ -120,20 +134,15 @@ def main(argv=None) -> int:
         metrics = train_model(args.model, spec, out, cfg, preset=args.preset,
                               model_config=parse_kv(args.config, "--config"), resume=not args.no_resume,
                               extra_meta={"cli": sys.argv[1:] if argv is None else list(argv)})
-    except KeyboardInterrupt:
-        print("interrupted: rerun the same command to resume from the last epoch", file=sys.stderr)
-        return 130
-    except (ValueError, KeyError, FileNotFoundError, RuntimeError, OSError) as exc:
-        msg = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
-        print(f"error: {msg}", file=sys.stderr)
-        return 2
-    summary = {k: metrics[k] for k in ("model", "params", "best_epoch", "val_acc", "test_acc", "mean_epoch_time_s")}
-    if metrics.get("test_binary"):
-        summary.update(threshold=metrics["test_binary"]["threshold"], test_f1=metrics["test_binary"]["f1"],
-                       test_roc_auc=metrics["test_binary"]["roc_auc"])
-    print(json.dumps(summary))
-    print(f"checkpoint: {out / 'best.safetensors'}")
-    return 0
+        summary = {k: metrics[k] for k in ("model", "params", "best_epoch", "val_acc", "test_acc", "mean_epoch_time_s")}
+        if metrics.get("test_binary"):
+            summary.update(threshold=metrics["test_binary"]["threshold"], test_f1=metrics["test_binary"]["f1"],
+                           test_roc_auc=metrics["test_binary"]["roc_auc"])
+        print(json.dumps(summary))
+        print(f"checkpoint: {out / 'best.safetensors'}")
+        return 0
+
+    return run_cli(body)
 
 
 if __name__ == "__main__":

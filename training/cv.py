@@ -258,10 +258,10 @@ def main(argv=None) -> int:
     _validate(args, parser)
     out = Path(args.out or f"runs/cv_{args.model}")
     from training.engine import DistInfo
-    try:
-        if not args.summarise:
-            import train as train_cli
+    import train as train_cli
 
+    def body() -> int:
+        if not args.summarise:
             args.train_folds, args.val_folds, args.test_folds = fold_split(args.folds[0])  # replaced per fold
             cfg = train_cli.train_config_from_args(args)
             spec = train_cli.data_spec_from_args(args)
@@ -274,15 +274,10 @@ def main(argv=None) -> int:
         if not summary["per_fold"]:
             print(f"error: no finished folds under {out}", file=sys.stderr)
             return 2
-    except KeyboardInterrupt:
-        print("interrupted: rerun the same command to resume (finished folds are kept)", file=sys.stderr)
-        return 130
-    except (ValueError, KeyError, FileNotFoundError, RuntimeError, OSError) as exc:
-        msg = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
-        print(f"error: {msg}", file=sys.stderr)
-        return 2
-    print(f"results: {out / 'cv_results.json'} and {out / 'cv_results.csv'}")
-    return 0
+        print(f"results: {out / 'cv_results.json'} and {out / 'cv_results.csv'}")
+        return 0
+
+    return train_cli.run_cli(body, "interrupted: rerun the same command to resume (finished folds are kept)")
 
 
 if __name__ == "__main__":
