@@ -67,3 +67,19 @@ def make_folder_dataset(root: Path, per_class: int = 6, seed: int = 0) -> Path:
     (root / "README.txt").write_text("not audio")
     (root / CLASSES[0] / "notes.xyz").write_text("unknown extension")
     return root
+
+
+def train_steps(model, x, y, steps: int, lr: float, weight_decay: float = 0.01) -> list[float]:
+    """Plain AdamW steps on one batch; the losses, for 'training reduces the loss' tests."""
+    import torch
+    import torch.nn.functional as F
+
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
+    losses = []
+    for _ in range(steps):
+        loss = F.cross_entropy(model(x), y)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    return losses

@@ -281,14 +281,8 @@ def test_overfit_a_few_steps_and_determinism():
     with torch.no_grad():
         assert torch.equal(m.eval()(x), m2.eval()(x))
     m.train()
-    opt = torch.optim.AdamW(m.parameters(), lr=1e-2, weight_decay=0.0)
-    losses = []
-    for _ in range(10):
-        loss = F.cross_entropy(m(x), y)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        losses.append(loss.item())
+    from synth import train_steps
+    losses = train_steps(m, x, y, steps=10, lr=1e-2, weight_decay=0.0)
     assert losses[-1] < 0.7 * losses[0], losses
 
 
