@@ -195,7 +195,11 @@ def task_metrics(probs: np.ndarray, labels: np.ndarray, class_names, task: dict 
 
 def evaluate(model, ds, batch_size: int = 128, device="cpu", amp: bool = True, task: dict | None = None) -> dict:
     probs, labels = predict_proba(model, ds, batch_size, device, amp)
-    out = task_metrics(probs, labels, ds.class_names, task)
+    return metrics_with_loss(probs, labels, ds.class_names, task)
+
+
+def metrics_with_loss(probs: np.ndarray, labels: np.ndarray, class_names, task: dict | None = None) -> dict:
+    out = task_metrics(probs, labels, class_names, task)
     out["loss"] = float(F.nll_loss(torch.log(torch.from_numpy(probs).clamp_min(1e-12)), torch.from_numpy(labels)))
     return out
 
@@ -466,11 +470,10 @@ def finalize(model, out: Path, train_ds, val_ds, test_ds, cfg, device, history, 
     state, _ = load_checkpoint(out / "best.safetensors", "cpu")
     model.load_state_dict(state)
     model.to(device)
-    val = evaluate(model, val_ds, cfg.eval_batch_size, device, cfg.amp, task)
+    probs, labels = predict_proba(model, val_ds, cfg.eval_batch_size, device, cfg.amp)
     if task.get("type") == "binary":
-        probs, labels = predict_proba(model, val_ds, cfg.eval_batch_size, device, cfg.amp)
         task["threshold"] = best_threshold(probs[:, 1], labels == 1)   # chosen on validation only
-        val = evaluate(model, val_ds, cfg.eval_batch_size, device, cfg.amp, task)
+    val = metrics_with_loss(probs, labels, val_ds.class_names, task)
     test = evaluate(model, test_ds, cfg.eval_batch_size, device, cfg.amp, task) if test_ds is not None else None
     epoch_times = [h["epoch_time"] for h in history]
     metrics = {
