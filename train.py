@@ -63,6 +63,13 @@ def build_parser() -> argparse.ArgumentParser:
                       ("warmup-frac", float), ("mixup", float), ("label-smoothing", float), ("grad-clip", float),
                       ("patience", int), ("seed", int), ("threads", int)):
         t.add_argument(f"--{name}", type=typ)
+    t.add_argument("--distill", action="append", metavar="CKPT",
+                   help="teacher checkpoint for knowledge distillation (repeatable: mean of the teachers); "
+                        "it must not have trained or selected on the validation or test folds")
+    t.add_argument("--distill-weight", type=float, help="weight of the distillation term (default 0.5)")
+    t.add_argument("--distill-temp", type=float, help="distillation temperature (default 2)")
+    t.add_argument("--distill-mode", choices=("online", "offline"),
+                   help="online: teacher on every batch (default); offline: once per training clip")
     t.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
     t.add_argument("--no-amp", action="store_true", help="disable bf16 autocast on CUDA")
     t.add_argument("--class-weights", action="store_true", help="inverse-frequency loss weights")
@@ -106,7 +113,9 @@ def train_config_from_args(args):
         warmup_frac=args.warmup_frac, mixup=args.mixup, label_smoothing=args.label_smoothing,
         grad_clip=args.grad_clip, patience=args.patience, seed=args.seed, threads=args.threads,
         device=args.device, amp=not args.no_amp, class_weights=args.class_weights or None,
-        compile=args.compile or None, progress=not args.no_progress)
+        compile=args.compile or None, progress=not args.no_progress,
+        distill_from=tuple(args.distill) if args.distill else None, distill_weight=args.distill_weight,
+        distill_temp=args.distill_temp, distill_mode=args.distill_mode)
 
 
 def run_cli(body, interrupted: str = "interrupted: rerun the same command to resume from the last epoch") -> int:

@@ -4,9 +4,10 @@
 One epoch over folds 1-3 is 1200 clips = 38 steps of batch 32. Each step is forward + backward +
 AdamW (the engine's parameter groups) on random ``[32, 155, 128]`` features. Variants of the same
 size are timed in interleaved chunks (so a change in background load hits all of them alike):
-plain S4 (``liquid_kernel=None``), PolyB and KB (exact), optionally the reference KB grid. The
-script prints absolute times and the ratio to plain S4 side by side. Goal: default config
-(PolyB) <= 20 s per epoch on 2 cores.
+plain S4 (``liquid_kernel=None``), PolyB and KB (exact), optionally the reference KB grid, all
+with the default convolutional stem, and PolyB with the per-frame Linear encoder
+(``polyb_linear``). The script prints absolute times and the ratio to plain S4 side by side.
+Goal: default config (PolyB, conv stem) <= 20 s per epoch on 2 cores.
 
     .venv/bin/python benchmarks/bench_liquid_s4.py                # 2 threads, 38 steps
     .venv/bin/python benchmarks/bench_liquid_s4.py --variants plain,polyb,kb,kb_ref,polyb3
@@ -32,6 +33,7 @@ VARIANTS = {
     "kb_ref": {"liquid_kernel": "kb", "kb_exact": False},
     "polyb3": {"liquid_kernel": "polyb", "liquid_degree": 3},
     "kb3": {"liquid_kernel": "kb", "liquid_degree": 3},
+    "polyb_linear": {"liquid_kernel": "polyb", "stem": "linear"},   # per-frame Linear encoder, L=155
 }
 
 
@@ -59,7 +61,7 @@ def main() -> None:
     ap.add_argument("--mels", type=int, default=128)
     ap.add_argument("--warmup", type=int, default=2, help="untimed steps per variant")
     ap.add_argument("--chunks", type=int, default=2, help="interleaved chunks per variant")
-    ap.add_argument("--variants", default="plain,polyb,kb")
+    ap.add_argument("--variants", default="plain,polyb,kb,polyb_linear")
     ap.add_argument("--preset", default=None)
     args = ap.parse_args()
 
@@ -102,11 +104,11 @@ def main() -> None:
             r["steps"] += n_steps
 
     base = runs.get("plain", next(iter(runs.values())))
-    print(f"\n{'variant':<8} {'config':<42} {'params':>8} {'epoch s':>8} {'s/step':>7} {'vs plain':>8}"
+    print(f"\n{'variant':<12} {'config':<42} {'params':>8} {'epoch s':>8} {'s/step':>7} {'vs plain':>8}"
           f" {'CPU s':>7} {'CPU vs plain':>12}")
     for name, r in runs.items():
         cfg = ", ".join(f"{k}={v}" for k, v in VARIANTS[name].items())
-        print(f"{name:<8} {cfg:<42} {count_parameters(r['model']):>8,} {r['time']:>8.2f} "
+        print(f"{name:<12} {cfg:<42} {count_parameters(r['model']):>8,} {r['time']:>8.2f} "
               f"{r['time'] / r['steps']:>7.3f} {r['time'] / base['time']:>7.2f}x {r['cpu']:>7.1f}"
               f" {r['cpu'] / base['cpu']:>11.2f}x")
     print("(epoch s: wall-clock for the epoch; CPU s: process CPU time over all threads, which is "

@@ -29,6 +29,7 @@ VARIANTS = {
     "fullband": (None, {"patch_f": None}),
     "rope": (None, {"pos": "rope"}),
     "mini": ("mini", {}),                # D=96, depth 4, 3 heads (crowded-CPU runs)
+    "mini_conv": ("mini", {"stem": "conv"}),   # the same with the convolutional tubelet embedding
     "tiny": ("tiny", {}),
     "gpu": ("gpu", {}),
 }

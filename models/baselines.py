@@ -9,6 +9,7 @@ import torch.nn as nn
 from einops import rearrange
 
 from models import register
+from models.stems import conv_blocks
 
 
 @register("mlp", presets={"tiny": {"hidden": 64}, "gpu": {"hidden": 1024}},
@@ -52,11 +53,6 @@ class LSTMClassifier(nn.Module):
         return self.head(h.mean(1))
 
 
-def _conv_block(cin: int, cout: int, pool) -> nn.Sequential:
-    return nn.Sequential(nn.Conv2d(cin, cout, 3, padding=1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True),
-                         nn.MaxPool2d(pool))
-
-
 @register("cnn", presets={"tiny": {"channels": (4, 8, 8, 16)}, "gpu": {"channels": (64, 128, 256, 512)}},
           train_defaults={"lr": 2e-3, "weight_decay": 0.05, "epochs": 40})
 class CNNClassifier(nn.Module):
@@ -65,11 +61,8 @@ class CNNClassifier(nn.Module):
     def __init__(self, num_classes: int = 50, n_mels: int = 128, n_frames: int = 155,
                  channels=(24, 48, 96, 192), dropout: float = 0.3):
         super().__init__()
-        blocks, cin = [], 1
-        for c in channels:
-            blocks.append(_conv_block(cin, c, 2))
-            cin = c
-        self.features = nn.Sequential(*blocks)
+        self.features = conv_blocks(channels, [2] * len(channels))
+        cin = channels[-1]
         self.head = nn.Sequential(nn.Dropout(dropout), nn.Linear(2 * cin, num_classes))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

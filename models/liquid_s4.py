@@ -65,6 +65,7 @@ import torch.nn.functional as F
 
 from models import register
 from models.s4_kernels import SSMKernel, fft_conv
+from models.stems import build_tokenizer
 
 __all__ = ["LiquidS4Classifier", "S4Layer", "S4Block", "allcombs_window", "allcombs_indices",
            "correlation_signals"]
@@ -254,8 +255,9 @@ class S4Block(nn.Module):
 @register(
     "liquid_s4",
     presets={
-        "tiny": {"d_model": 32, "n_layers": 2, "d_state": 16, "dropout": 0.0},
-        "gpu": {"d_model": 256, "n_layers": 6, "d_state": 64, "mode": "nplr", "dropout": 0.2},
+        "tiny": {"d_model": 32, "n_layers": 2, "d_state": 16, "dropout": 0.0, "stem_channels": [4, 8, 8]},
+        "gpu": {"d_model": 256, "n_layers": 6, "d_state": 64, "mode": "nplr", "dropout": 0.2,
+                "stem_channels": [32, 64, 128]},
     },
     train_defaults={"lr": 4e-3, "weight_decay": 0.05, "epochs": 60, "batch_size": 32,
                     "warmup_frac": 0.05, "label_smoothing": 0.1},
@@ -264,8 +266,11 @@ class LiquidS4Classifier(nn.Module):
     """[B, n_frames, n_mels] normalised log-mel -> [B, num_classes] logits.
 
     Default (CPU) config: d_model 128, 4 layers, S4D (diag-lin, bilinear) N=64, GELU+GLU,
-    dropout 0.1, PolyB liquid term of degree 2 with allcombs (about 0.26 M parameters).
-    ``liquid_kernel=None`` gives plain S4 of exactly the same size.
+    dropout 0.1, PolyB liquid term of degree 2 with allcombs.
+    ``liquid_kernel=None`` gives plain S4 of exactly the same size. The default ``stem="conv"``
+    puts the convolutional front end of ``models/stems.py`` before the S4 blocks (time halved:
+    L = 77; about 0.33 M parameters in all); ``stem="linear"`` is the original per-frame Linear
+    encoder (L = 155, 0.26 M; much weaker on ESC-50: README, ablations).
     """
 
     def __init__(self, num_classes: int = 50, n_mels: int = 128, n_frames: int = 155,
@@ -275,15 +280,16 @@ class LiquidS4Classifier(nn.Module):
                  dropout: float = 0.1, activation: str = "gelu", postact: str | None = "glu",
                  liquid_kernel: str | None = "polyb", liquid_degree: int = 2,
                  allcombs: bool = True, lcontract: str | None = None, liquid_causal: bool = False,
-                 kb_exact: bool = True, liquid_detach: bool = False, l_max: int | None = None):
+                 kb_exact: bool = True, liquid_detach: bool = False, l_max: int | None = None,
+                 stem: str = "conv", stem_channels=None, stem_pools=None):
         super().__init__()
+        self.encoder = build_tokenizer(stem, n_mels, d_model, 1, stem_channels, stem_pools)
         layer_kwargs = dict(
-            d_state=d_state, l_max=l_max or n_frames, mode=mode, init=init, disc=disc,
+            d_state=d_state, l_max=l_max or self.encoder.out_len(n_frames), mode=mode, init=init, disc=disc,
             n_ssm=n_ssm, dt_min=dt_min, dt_max=dt_max, ssm_lr=ssm_lr, activation=activation,
             postact=postact, liquid_kernel=liquid_kernel, liquid_degree=liquid_degree,
             allcombs=allcombs, lcontract=lcontract, liquid_causal=liquid_causal,
             kb_exact=kb_exact, liquid_detach=liquid_detach)
-        self.encoder = nn.Linear(n_mels, d_model)
         self.blocks = nn.ModuleList(S4Block(d_model, dropout=dropout, **layer_kwargs)
                                     for _ in range(n_layers))
         self.norm = nn.LayerNorm(d_model)

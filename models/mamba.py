@@ -28,6 +28,7 @@ import torch.nn.functional as F
 
 from models import register
 from models.selective_scan import selective_scan
+from models.stems import build_tokenizer
 
 __all__ = ["Mamba", "MambaBlock", "MambaClassifier", "cuda_kernels"]
 
@@ -194,9 +195,9 @@ def _init_mixer_weights(model: nn.Module, n_layer: int, n_residuals_per_layer: i
 
 
 _PRESETS = {
-    "tiny": {"d_model": 16, "n_layers": 2, "d_state": 4, "frame_stack": 2},
-    "gpu": {"d_model": 192, "n_layers": 8, "d_state": 16, "frame_stack": 1, "bidirectional": True,
-            "dropout": 0.2},
+    "tiny": {"d_model": 16, "n_layers": 2, "d_state": 4, "frame_stack": 2, "stem_channels": [4, 8, 8]},
+    "gpu": {"d_model": 192, "n_layers": 8, "d_state": 16, "frame_stack": 1, "stem_channels": [32, 64, 128],
+            "bidirectional": True, "dropout": 0.2},
 }
 
 
@@ -209,17 +210,20 @@ class MambaClassifier(nn.Module):
     ``frame_stack`` k merges k consecutive frames into one token (the sequence is zero-padded to a
     multiple of k), which cuts the scan length, and the cost, by k. ``bidirectional`` adds the
     Vim/AuM backward branch in every block. ``backend`` is passed to every :class:`Mamba`.
+    ``stem="conv"`` (default) tokenises with the convolutional front end of ``models/stems.py``
+    (it halves time itself, so ``frame_stack`` is then unused); ``stem="linear"`` projects each
+    (stacked) frame, the original Mamba/Vim tokeniser (much weaker on ESC-50: README, ablations).
     """
 
     def __init__(self, num_classes: int = 50, n_mels: int = 128, n_frames: int = 155,
                  d_model: int = 64, n_layers: int = 4, d_state: int = 16, d_conv: int = 4,
                  expand: int = 2, dt_rank="auto", frame_stack: int = 2, bidirectional: bool = True,
                  dropout: float = 0.1, norm_eps: float = 1e-5, residual_in_fp32: bool = True,
-                 backend: str = "auto"):
+                 backend: str = "auto", stem: str = "conv", stem_channels=None, stem_pools=None):
         super().__init__()
         self.frame_stack = int(frame_stack)
         self.n_mels, self.n_frames = n_mels, n_frames
-        self.embed = nn.Linear(n_mels * self.frame_stack, d_model)
+        self.embed = build_tokenizer(stem, n_mels, d_model, self.frame_stack, stem_channels, stem_pools)
         self.layers = nn.ModuleList([
             MambaBlock(d_model, Mamba(d_model, d_state=d_state, d_conv=d_conv, expand=expand, dt_rank=dt_rank,
                                       bidirectional=bidirectional, backend=backend, layer_idx=i),
@@ -236,19 +240,9 @@ class MambaClassifier(nn.Module):
             if isinstance(m, Mamba):
                 m.backend = backend
 
-    def tokens(self, x: torch.Tensor) -> torch.Tensor:
-        """``[B, T, M]`` -> ``[B, ceil(T / k), k * M]`` (frames concatenated in time order)."""
-        k = self.frame_stack
-        if k > 1:
-            pad = (-x.shape[1]) % k
-            if pad:
-                x = F.pad(x, (0, 0, 0, pad))
-            x = x.reshape(x.shape[0], x.shape[1] // k, k * x.shape[2])
-        return x
-
     def forward_features(self, x: torch.Tensor, pool: bool = True) -> torch.Tensor:
         """Normalised per-token features ``[B, L', d_model]``, or their mean ``[B, d_model]``."""
-        hidden = self.embed(self.tokens(x))
+        hidden = self.embed(x)
         residual = None
         for layer in self.layers:
             hidden, residual = layer(hidden, residual)

@@ -64,6 +64,7 @@ from timm.layers import DropPath, Mlp, trunc_normal_
 from timm.models.vision_transformer import Block
 
 from models import register
+from models.stems import CONV_STEM_CHANNELS, conv_blocks
 
 __all__ = [
     "TokenGrid", "tokens_grid", "tubeletise", "sincos_pos_embed_2d", "SpecViTEncoder",
@@ -73,7 +74,7 @@ __all__ = [
 
 # constructor arguments that define the encoder (must match between JEPA checkpoint and classifier)
 ENCODER_KEYS = ("n_frames", "n_mels", "patch_t", "patch_f", "embed_dim", "depth", "num_heads",
-                "mlp_ratio", "pos")
+                "mlp_ratio", "pos", "stem", "stem_channels")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -217,20 +218,51 @@ def _rescale_blocks(blocks):
         blk.mlp.fc2.weight.data.div_(math.sqrt(2.0 * layer_id))
 
 
+class ConvPatchEmbed(nn.Module):
+    """Convolutional tubelet embedding ("early convolutions", Xiao et al. 2021): the tubelets are put
+    back into the cropped spectrogram image, three conv3x3-BN-ReLU-maxpool(2) blocks
+    (``models/stems.py``) reduce it 8x in both axes, and a ``Conv2d`` with kernel = stride =
+    ``(patch_t / 8, patch_f / 8)`` gives one ``D``-vector per tubelet. The token grid, order and
+    positions are exactly those of the linear embedding, so masking and the probe are unchanged.
+    """
+
+    def __init__(self, grid: TokenGrid, embed_dim: int, channels=CONV_STEM_CHANNELS):
+        super().__init__()
+        if len(channels) != 3 or grid.patch_t % 8 or grid.patch_f % 8:
+            raise ValueError(f"conv stem needs 3 channel widths and tubelets divisible by 8, got "
+                             f"channels {tuple(channels)} and {grid.patch_t}x{grid.patch_f} tubelets")
+        self.grid = grid
+        self.convs = conv_blocks(channels, [2, 2, 2])
+        self.proj = nn.Conv2d(int(channels[-1]), embed_dim, kernel_size=(grid.patch_t // 8, grid.patch_f // 8),
+                              stride=(grid.patch_t // 8, grid.patch_f // 8))
+
+    def forward(self, tubelets: torch.Tensor) -> torch.Tensor:
+        g = self.grid
+        img = rearrange(tubelets, "b (gt gf) (pt pf) -> b 1 (gt pt) (gf pf)", gt=g.grid_t, pt=g.patch_t)
+        return rearrange(self.proj(self.convs(img)), "b d gt gf -> b (gt gf) d")
+
+
 class SpecViTEncoder(nn.Module):
     """ViT over spectrogram tubelets. ``forward(x, keep_idx=None)`` -> ``[B, K, D]`` token features
     (``K = n_tokens``, or ``keep_idx.shape[1]`` when only the tokens at ``keep_idx[B, K]`` are kept,
     as the JEPA context encoder does; masking happens after the positions are added)."""
 
     def __init__(self, n_frames=155, n_mels=128, patch_t=8, patch_f=16, embed_dim=192, depth=6,
-                 num_heads=3, mlp_ratio=4.0, drop_path=0.0, pos="sincos", jitter=True):
+                 num_heads=3, mlp_ratio=4.0, drop_path=0.0, pos="sincos", jitter=True, stem="linear",
+                 stem_channels=CONV_STEM_CHANNELS):
         super().__init__()
         if pos not in ("sincos", "rope"):
             raise ValueError(f"pos must be 'sincos' or 'rope', got {pos!r}")
         self.grid = tokens_grid(n_frames, n_mels, patch_t, patch_f)
         self.n_frames, self.n_mels = n_frames, n_mels
         self.embed_dim, self.pos, self.jitter = embed_dim, pos, jitter
-        self.patch_embed = nn.Linear(self.grid.patch_t * self.grid.patch_f, embed_dim)
+        self.stem, self.stem_channels = stem, tuple(int(c) for c in stem_channels)
+        if stem == "linear":
+            self.patch_embed = nn.Linear(self.grid.patch_t * self.grid.patch_f, embed_dim)
+        elif stem == "conv":
+            self.patch_embed = ConvPatchEmbed(self.grid, embed_dim, self.stem_channels)
+        else:
+            raise ValueError(f"unknown stem '{stem}'; stems: linear, conv")
         if pos == "sincos":
             self.register_buffer("pos_embed", sincos_pos_embed_2d(embed_dim, self.grid.grid_t, self.grid.grid_f),
                                  persistent=False)
@@ -271,7 +303,13 @@ class SpecViTEncoder(nn.Module):
 
     def forward(self, x: torch.Tensor, keep_idx: torch.Tensor | None = None,
                 tubelets: bool | None = None) -> torch.Tensor:
-        x = self.patch_embed(self.to_tubelets(x, tubelets))
+        x = self.to_tubelets(x, tubelets)
+        if keep_idx is not None and self.stem == "conv":
+            # the conv stem sees across tubelet borders: blank the hidden tubelets first, so that
+            # context tokens carry no information from the JEPA targets
+            keep = torch.zeros(x.shape[:2], dtype=x.dtype, device=x.device).scatter_(1, keep_idx, 1.0)
+            x = x * keep.unsqueeze(-1)
+        x = self.patch_embed(x)
         if self.pos == "sincos":
             x = x + self.pos_embed.to(x.dtype)
             if keep_idx is not None:
@@ -368,7 +406,7 @@ def encoder_config(enc: SpecViTEncoder, **extra) -> dict:
                embed_dim=enc.embed_dim, depth=len(enc.blocks),
                num_heads=enc.blocks[0].attn.num_heads if len(enc.blocks) else None,
                mlp_ratio=(enc.blocks[0].mlp.fc1.out_features / enc.embed_dim) if len(enc.blocks) else None,
-               pos=enc.pos)
+               pos=enc.pos, stem=enc.stem, stem_channels=list(enc.stem_channels))
     cfg.update(extra)
     return cfg
 
@@ -451,10 +489,11 @@ class VJEPA2Classifier(nn.Module):
 
     def __init__(self, num_classes=50, n_mels=128, n_frames=155, patch_t=8, patch_f=16, embed_dim=192,
                  depth=4, num_heads=3, mlp_ratio=4.0, drop_path=0.1, pos="sincos", jitter=True,
-                 probe_depth=1, probe_heads=None, init_from=None, freeze_encoder=False):
+                 probe_depth=1, probe_heads=None, init_from=None, freeze_encoder=False, stem="linear",
+                 stem_channels=CONV_STEM_CHANNELS):
         super().__init__()
         self.encoder = SpecViTEncoder(n_frames, n_mels, patch_t, patch_f, embed_dim, depth, num_heads,
-                                      mlp_ratio, drop_path, pos, jitter)
+                                      mlp_ratio, drop_path, pos, jitter, stem, stem_channels)
         self.head = AttentiveClassifier(embed_dim, num_classes, probe_heads or num_heads, probe_depth, mlp_ratio)
         self.freeze_encoder = freeze_encoder
         self.pretrained_from = None

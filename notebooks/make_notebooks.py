@@ -26,8 +26,9 @@ TRAINING = {
         intro=(
             "Liquid-S4 (Hasani et al., 2022): a stack of S4 state-space layers whose convolution "
             "kernel is extended by *liquid* input-correlation terms (products of delayed inputs), "
-            "run over the 155 log-mel frames of a clip, mean-pooled over time, then a linear "
-            "classifier. Design notes: `/work/shared/docs/MODEL_NOTES.md` section 1; code: "
+            "run over the 77 time steps a small convolutional stem makes of the 155 x 128 log-mel "
+            "(`models/stems.py`; `stem=\"linear\"` gives one token per frame instead), mean-pooled "
+            "over time, then a linear classifier. Design notes: `/work/shared/docs/MODEL_NOTES.md` section 1; code: "
             "`models/liquid_s4.py`."),
         config_comment="e.g. {\"d_model\": 192, \"n_layers\": 6}; keys: models/liquid_s4.py",
     ),
@@ -35,9 +36,9 @@ TRAINING = {
         title="Mamba on ESC-50",
         intro=(
             "Mamba (Gu & Dao, 2023): selective state-space blocks (input-dependent step size, B "
-            "and C) with a short causal convolution and a gated branch, over the log-mel frames "
-            "(optionally two frames per token, and a backward branch as in Vim / AuM), "
-            "mean-pooled, then a linear classifier. Design notes: `MODEL_NOTES.md` section 2; "
+            "and C) with a short causal convolution and a gated branch, over the 77 time steps of "
+            "a small convolutional stem (`models/stems.py`; `stem=\"linear\"` projects frames "
+            "instead), with a backward branch as in Vim / AuM, mean-pooled, then a linear classifier. Design notes: `MODEL_NOTES.md` section 2; "
             "code: `models/mamba.py` (CPU: the parallel scan; CUDA: `mamba_ssm` kernels when installed)."),
         config_comment="e.g. {\"d_model\": 128, \"bidirectional\": True}; keys: models/mamba.py",
     ),
@@ -46,11 +47,14 @@ TRAINING = {
         intro=(
             "A V-JEPA2-style Vision Transformer on the spectrogram: 8-frame x 16-mel tubelets "
             "(a 19 x 8 token grid for a 155 x 128 log-mel), 2-D sin-cos positions, pre-norm "
-            "transformer blocks and V-JEPA2's attentive probe as the classifier. The encoder can "
+            "transformer blocks and V-JEPA2's attentive probe as the classifier; `stem=\"conv\"` "
+            "embeds the tubelets with early convolutions (same grid), which trains far better on "
+            "ESC-50 than the linear embedding. The encoder can "
             "first be pretrained without labels with the JEPA objective (predict the EMA target "
             "encoder's features of masked time-frequency blocks); see the optional cell below. "
             "Design notes: `MODEL_NOTES.md` section 3; code: `models/vjepa2.py`, `training/jepa.py`."),
         config_comment="e.g. {\"embed_dim\": 192, \"depth\": 6}; keys: models/vjepa2.py",
+        model_config='{"stem": "conv"}',
     ),
 }
 
@@ -85,7 +89,7 @@ def training_cells(model: str, spec: dict) -> list:
            "`train_defaults` (epochs, lr, batch_size, weight_decay, mixup, label_smoothing, patience, ...).",
            id="config-md"),
         code(f'MODEL_NAME = "{model}"\n'
-             f"MODEL_CONFIG = {{}}      # {spec['config_comment']}\n"
+             f"MODEL_CONFIG = {spec.get('model_config', '{}')}      # {spec['config_comment']}\n"
              "TRAIN_OVERRIDES = {}   # e.g. {\"epochs\": 30, \"lr\": 1e-3}", id="config"),
         code(SETUP_PATH + """
 import torch

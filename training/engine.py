@@ -58,6 +58,10 @@ class TrainConfig:
     class_weights: bool = False     # inverse-frequency loss weights (imbalanced data)
     progress: bool = True
     compile: bool = False           # torch.compile the model (GPU runs)
+    distill_from: tuple[str, ...] = ()  # teacher checkpoints (training/distill.py); empty: no distillation
+    distill_weight: float = 0.5     # w in (1 - w) * CE + w * T^2 * KL(teacher || student)
+    distill_temp: float = 2.0       # T
+    distill_mode: str = "online"    # "online": teacher runs on every batch; "offline": once per clip
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "TrainConfig":
@@ -159,10 +163,11 @@ def epoch_batches(n_items: int, batch_size: int, generator: torch.Generator, shu
 
 
 def mixup_batch(x, y, alpha: float, generator: torch.Generator):
+    """``(lam * x + (1 - lam) * x[perm], y, y[perm], lam, perm)`` with ``lam >= 0.5``."""
     lam = float(torch.distributions.Beta(alpha, alpha).sample()) if alpha > 0 else 1.0
     perm = torch.randperm(x.shape[0], generator=generator)
     lam = max(lam, 1 - lam)
-    return lam * x + (1 - lam) * x[perm], y, y[perm], lam
+    return lam * x + (1 - lam) * x[perm], y, y[perm], lam, perm
 
 
 # --------------------------------------------------------------------------------------------
@@ -278,8 +283,10 @@ def _check_shared_dir(out: Path, dist: DistInfo, device) -> None:
 
 def fit(model: torch.nn.Module, train_ds, val_ds, test_ds=None, cfg: TrainConfig = TrainConfig(),
         out_dir: str | os.PathLike = "runs/run", resume: bool = True, meta: dict | None = None,
-        on_epoch_end: Callable[[dict, list[dict]], None] | None = None) -> dict:
+        on_epoch_end: Callable[[dict, list[dict]], None] | None = None, teacher=None) -> dict:
     """Train ``model`` and return the metrics dict (also written to ``out_dir/metrics.json``).
+
+    ``teacher`` (a :class:`training.distill.Teacher`) adds the distillation term to the loss.
 
     ``meta`` is merged into the checkpoint metadata (e.g. dataset description, CLI arguments,
     ``task`` for one-vs-rest). ``on_epoch_end(row, history)`` is called after every epoch on
@@ -311,6 +318,13 @@ def fit(model: torch.nn.Module, train_ds, val_ds, test_ds=None, cfg: TrainConfig
         model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
     model = model.to(device)
     base_model = model
+    if teacher is not None:
+        from training.distill import distill_loss
+        teacher = teacher.to(device)
+        if cfg.distill_mode not in ("online", "offline"):
+            raise ValueError(f"distill_mode must be 'online' or 'offline', got {cfg.distill_mode!r}")
+        if cfg.distill_mode == "offline" and teacher.clip_probs is None:
+            teacher.precompute(train_ds, cfg.eval_batch_size, device)
     if dist.world > 1:
         ddp_kw = {"device_ids": [device.index]} if device.type == "cuda" else {}
         model = torch.nn.parallel.DistributedDataParallel(model, **ddp_kw)
@@ -389,13 +403,21 @@ def fit(model: torch.nn.Module, train_ds, val_ds, test_ds=None, cfg: TrainConfig
                 if mixed:
                     # the pairing permutation is local to a rank's share; drawing it from the shared
                     # ``gen`` would desynchronise the ranks' batch order when shares differ in size
-                    xm, ya, yb, lam = mixup_batch(x, y, cfg.mixup, gen if dist.world == 1 else aug_gen)
+                    xm, ya, yb, lam, perm = mixup_batch(x, y, cfg.mixup, gen if dist.world == 1 else aug_gen)
                     logits = model(xm)
                     loss = lam * F.cross_entropy(logits.float(), ya, weights, label_smoothing=cfg.label_smoothing) + \
                         (1 - lam) * F.cross_entropy(logits.float(), yb, weights, label_smoothing=cfg.label_smoothing)
                 else:
                     logits = model(x)
                     loss = F.cross_entropy(logits.float(), y, weights, label_smoothing=cfg.label_smoothing)
+                if teacher is not None:
+                    if teacher.clip_probs is not None:          # offline: cached per training clip
+                        soft = teacher.clip_probs[torch.as_tensor(idx) % train_ds.num_clips].to(device)
+                        soft = lam * soft + (1 - lam) * soft[perm.to(device)] if mixed else soft
+                    else:                                       # online: the teacher sees this batch
+                        soft = teacher(xm if mixed else x)
+                    loss = (1 - cfg.distill_weight) * loss + \
+                        cfg.distill_weight * distill_loss(logits, soft, cfg.distill_temp)
             optimizer.zero_grad(set_to_none=True)
             # DDP averages gradients over ranks; weighting each rank's mean loss by its share of the
             # global batch makes that the gradient of the global-batch mean even for uneven shares

@@ -225,10 +225,16 @@ class JEPA(nn.Module):
 
     @torch.no_grad()
     def ema_update(self, m: float) -> None:
-        """``theta_t <- m * theta_t + (1 - m) * theta_c`` for every encoder parameter."""
+        """``theta_t <- m * theta_t + (1 - m) * theta_c`` for every encoder parameter, and for the
+        floating-point buffers (BatchNorm statistics of a conv stem); integer buffers are copied."""
         tgt = list(self.target_encoder.parameters())
         src = [p.detach() for p in self.encoder.parameters()]
         torch._foreach_lerp_(tgt, src, 1.0 - m)
+        for bt, bs in zip(self.target_encoder.buffers(), self.encoder.buffers()):
+            if bt.is_floating_point():
+                bt.lerp_(bs, 1.0 - m)
+            else:
+                bt.copy_(bs)
 
 
 # ----------------------------------------------------------------------------------------------

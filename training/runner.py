@@ -31,4 +31,11 @@ def train_model(model_name: str, data: DataSpec, out_dir: str | Path, cfg: Train
     if data.one_vs_rest:
         meta["task"] = {"type": "binary", "positive_class": data.one_vs_rest}
     meta.update(extra_meta or {})
-    return fit(model, train_ds, val_ds, test_ds, cfg, out_dir, resume=resume, meta=meta, on_epoch_end=on_epoch_end)
+    teacher = None
+    if cfg.distill_from:
+        from training.distill import Teacher
+        if train_ds.normalization is None:
+            train_ds.set_normalization(*train_ds.compute_normalization())
+        teacher = Teacher.from_checkpoints(cfg.distill_from, train_ds, meta["dataset"], cfg.distill_temp)
+    return fit(model, train_ds, val_ds, test_ds, cfg, out_dir, resume=resume, meta=meta, on_epoch_end=on_epoch_end,
+               teacher=teacher)
