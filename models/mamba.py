@@ -196,7 +196,7 @@ def _init_mixer_weights(model: nn.Module, n_layer: int, n_residuals_per_layer: i
 
 _PRESETS = {
     "tiny": {"d_model": 16, "n_layers": 2, "d_state": 4, "frame_stack": 2, "stem_channels": [4, 8, 8]},
-    "gpu": {"d_model": 192, "n_layers": 8, "d_state": 16, "frame_stack": 1, "stem_channels": [32, 64, 128],
+    "gpu": {"d_model": 192, "n_layers": 8, "d_state": 16, "stem_channels": [32, 64, 128],
             "bidirectional": True, "dropout": 0.2},
 }
 

@@ -467,8 +467,9 @@ def load_encoder_state(path: str) -> tuple[dict[str, torch.Tensor], dict | None]
         "mini": dict(embed_dim=96, depth=4, num_heads=3, probe_depth=1, drop_path=0.1),
         # the notes' reference CPU configuration (0.7 s/step at batch 32 on 2 cores)
         "small": dict(embed_dim=192, depth=6, num_heads=3, probe_depth=1, drop_path=0.1),
-        # GPU: ViT-small width, 12 layers, 2 probe blocks
-        "gpu": dict(embed_dim=384, depth=12, num_heads=6, probe_depth=2, drop_path=0.1),
+        # GPU: ViT-small width, 12 layers, 2 probe blocks, convolutional tubelet embedding
+        "gpu": dict(embed_dim=384, depth=12, num_heads=6, probe_depth=2, drop_path=0.1, stem="conv",
+                    stem_channels=(32, 64, 128)),
     },
     train_defaults=dict(lr=5e-4, weight_decay=0.05, warmup_frac=0.05, batch_size=32, epochs=100,
                         grad_clip=1.0, mixup=0.2, label_smoothing=0.1),
