@@ -110,6 +110,14 @@ class AugmentConfig:
     time_mask_prob: float = 0.8
     time_mask_param: int = 30              # max width in frames
     n_time_masks: int = 2
+    # stronger feature-domain augmentation (off by default; the ESC-50 recipes turn it on)
+    eq_prob: float = 0.0                   # random smooth EQ curve across mel bins (a random filter)
+    eq_db: float = 6.0                     # curve values in [-eq_db, +eq_db] dB at the knots
+    eq_knots: int = 6                      # knots evenly spaced over the mel axis, linear in between
+    stretch_prob: float = 0.0              # time stretch: resample the time axis
+    stretch: tuple[float, float] = (0.8, 1.25)   # source frames per output frame (log-uniform)
+    freq_shift_prob: float = 0.0           # shift along the mel axis (edge bins repeated)
+    freq_shift_max: int = 4                # in mel bins
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -353,6 +361,95 @@ def crop_and_shift(raw: torch.Tensor, n_frames: int, cfg: AugmentConfig | None,
     return torch.gather(raw, 1, idx.unsqueeze(-1).expand(-1, -1, f))
 
 
+def stretch_crop(raw: torch.Tensor, n_frames: int, cfg: AugmentConfig, g: torch.Generator | None = None) -> torch.Tensor:
+    """Random ``n_frames`` views of ``[B, T_full, F]`` with a random time stretch and circular shift.
+
+    With probability ``stretch_prob`` a view reads ``rate`` source frames per output frame (``rate``
+    log-uniform in ``cfg.stretch``; at most the whole clip), linearly interpolated: a time stretch of
+    the sound by ``1 / rate`` without changing its pitch. Other views are plain crops, as in
+    :func:`crop_and_shift`.
+    """
+    b, t_full, f = raw.shape
+    if t_full < n_frames:
+        raw, t_full = crop_frames(raw, n_frames), n_frames
+    lo, hi = (math.log(v) for v in cfg.stretch)
+    rate = torch.exp(_uniform(b, lo, hi, g))
+    rate = torch.where(torch.rand(b, generator=g) < cfg.stretch_prob, rate, torch.ones(b))
+    span = torch.minimum(rate * (n_frames - 1), torch.full((b,), float(t_full - 1)))
+    rate = span / max(n_frames - 1, 1)
+    offsets = torch.floor(torch.rand(b, generator=g) * (t_full - span)).clamp(0, t_full - 1)
+    k = torch.arange(n_frames).view(1, -1).expand(b, -1)
+    if cfg.time_shift_prob > 0 and cfg.time_shift_max > 0:
+        max_shift = max(1, int(cfg.time_shift_max * n_frames))
+        shifts = torch.randint(-max_shift, max_shift + 1, (b, 1), generator=g)
+        shifts = shifts * (torch.rand(b, 1, generator=g) < cfg.time_shift_prob)
+        k = (k - shifts) % n_frames
+    pos = (offsets.view(-1, 1) + k * rate.view(-1, 1)).clamp(0, t_full - 1)
+    i0 = pos.floor().long()
+    i1 = (i0 + 1).clamp(max=t_full - 1)
+    w = (pos - i0).unsqueeze(-1)
+    take = lambda i: torch.gather(raw, 1, i.unsqueeze(-1).expand(-1, -1, f))
+    return take(i0) * (1 - w) + take(i1) * w
+
+
+def spectral_augment(x: torch.Tensor, cfg: AugmentConfig, g: torch.Generator | None = None) -> torch.Tensor:
+    """Random EQ and mel-axis shift on log-power mels ``[B, T, F]`` (returns a new tensor or ``x``).
+
+    EQ: a filter is a multiplication of power per frequency, i.e. an additive curve in log-mel; the
+    curve is smooth (``eq_knots`` random values in +-``eq_db`` dB, linearly interpolated across the
+    mel bins). It also counters ESC-50's class-dependent band-limiting shortcut. Mel shift: the
+    spectrum moves by up to ``freq_shift_max`` bins (a small pitch shift), edge bins repeated.
+    """
+    b, t, f = x.shape
+    out = x
+    if cfg.eq_prob > 0 and cfg.eq_db > 0:
+        knots = _uniform(b * max(2, cfg.eq_knots), -cfg.eq_db, cfg.eq_db, g).view(b, 1, -1)
+        curve = torch.nn.functional.interpolate(knots, size=f, mode="linear", align_corners=True)
+        on = (torch.rand(b, 1, 1, generator=g) < cfg.eq_prob).float()
+        out = out + on * curve * (math.log(10.0) / 10.0)
+    if cfg.freq_shift_prob > 0 and cfg.freq_shift_max > 0:
+        m = int(cfg.freq_shift_max)
+        shift = torch.randint(-m, m + 1, (b, 1), generator=g) * (torch.rand(b, 1, generator=g) < cfg.freq_shift_prob)
+        idx = (torch.arange(f).view(1, -1) - shift).clamp(0, f - 1)
+        out = torch.gather(out, 2, idx.unsqueeze(1).expand(-1, t, -1))
+    return out
+
+
+def between_class_mix(x: torch.Tensor, y: torch.Tensor, num_classes: int, g: torch.Generator | None = None,
+                      eps: float = 1e-3) -> tuple[torch.Tensor, torch.Tensor]:
+    """Between-class (BC) mixing of un-normalised log-power mels ``[B, T, F]`` (Tokozume et al. 2018).
+
+    Each clip is mixed with a random partner of the batch at a ratio ``r ~ U(0, 1)``, as if their
+    waveforms were added: with ``G1, G2`` the clips' loudness (dB of the loudest frame's mean power),
+    the first clip's amplitude weight is ``p = 1 / (1 + 10^((G1 - G2)/20) (1 - r)/r)`` so that the
+    perceived ratio is ``r``; for uncorrelated sounds the mixture's power is ``p^2 P1 + (1-p)^2 P2``,
+    normalised by ``p^2 + (1-p)^2``, i.e. ``logaddexp`` of the log-mels. Returns the mixed
+    features and the soft targets ``r y1 + (1 - r) y2`` ``[B, num_classes]``.
+    """
+    b, t, f = x.shape
+    perm = torch.randperm(b, generator=g)
+    r = _uniform(b, eps, 1 - eps, g)
+    loud = (torch.logsumexp(x, dim=2) - math.log(f)).amax(dim=1) * (10.0 / math.log(10.0))   # dB
+    p = 1.0 / (1.0 + torch.pow(10.0, (loud - loud[perm]) / 20.0) * (1 - r) / r)
+    p = p.clamp(eps, 1 - eps).view(b, 1, 1)
+    mixed = torch.logaddexp(x + 2 * torch.log(p), x[perm] + 2 * torch.log1p(-p)) - torch.log(p ** 2 + (1 - p) ** 2)
+    onehot = torch.nn.functional.one_hot(y, num_classes).float()
+    target = r.view(b, 1) * onehot + (1 - r.view(b, 1)) * onehot[perm]
+    return mixed, target
+
+
+def multi_crop_offsets(total_frames: int, crop_frames: int, n_crops: int) -> list[int]:
+    """Start frames of ``n_crops`` evenly spaced ``crop_frames`` crops covering ``total_frames``
+    (``round(linspace(0, total - crop, n))``; one crop is centred). Used by the engine's and
+    inference's multi-crop evaluation alike."""
+    if n_crops < 1 or crop_frames < 1:
+        raise ValueError(f"need n_crops >= 1 and crop_frames >= 1, got {n_crops}, {crop_frames}")
+    slack = max(0, total_frames - crop_frames)
+    if n_crops == 1:
+        return [slack // 2]
+    return [int(round(v)) for v in np.linspace(0, slack, n_crops)]
+
+
 def augment_logmel(x: torch.Tensor, cfg: AugmentConfig, g: torch.Generator | None = None) -> torch.Tensor:
     """Volume scaling and additive noise on log-power mels ``[B, T, F]`` (returns a new tensor).
 
@@ -429,6 +526,7 @@ class FeatureDataset(torch.utils.data.Dataset):
         self.expansion = int(expansion if expansion is not None else (3 if self.augment_cfg else 1))
         self.normalization = normalization
         self.tubelet = tubelet
+        self.crop_frames: int | None = None    # training views of this many frames (crop training)
         self.generator = torch.Generator().manual_seed(0)
 
     # -- sizes -------------------------------------------------------------------------------
@@ -467,22 +565,65 @@ class FeatureDataset(torch.utils.data.Dataset):
         finally:
             torch.set_num_threads(threads)
 
-    def _get_batch(self, indices, generator: torch.Generator | None) -> tuple[torch.Tensor, torch.Tensor]:
-        g = generator if generator is not None else self.generator
+    def get_mixed_batch(self, indices, generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Like :meth:`get_batch`, with every view mixed with another of the batch by
+        :func:`between_class_mix` (before normalisation); the targets are soft ``[B, classes]``."""
+        threads = torch.get_num_threads()
+        torch.set_num_threads(1)
+        try:
+            g = generator if generator is not None else self.generator
+            x, y = self._views(indices, g)
+            x, target = between_class_mix(x, y, self.num_classes, g)
+            return self._finish(x, g), target
+        finally:
+            torch.set_num_threads(threads)
+
+    def get_crops(self, indices, n_frames: int, n_crops: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """``n_crops`` evenly spaced ``n_frames`` views of each clip's full features (no augmentation):
+        ``[len(indices) * n_crops, n_frames, F]`` (clip-major) and the clips' labels."""
         idx = torch.as_tensor(indices, dtype=torch.long).reshape(-1) % self.num_clips
-        raw = torch.from_numpy(np.asarray(self.features[idx.numpy()], dtype=np.float32)) \
+        raw = self._raw(idx)
+        offs = multi_crop_offsets(raw.shape[1], n_frames, n_crops)
+        x = torch.stack([crop_frames(raw, n_frames, o) for o in offs], dim=1).flatten(0, 1)
+        return self._finish(x, None, augment=False), self.labels[idx]
+
+    @property
+    def view_frames(self) -> int:
+        """Frames per training view: ``crop_frames`` when crop training is on, else ``n_frames``."""
+        return self.crop_frames or self.feature_cfg.n_frames
+
+    def _raw(self, idx: torch.Tensor) -> torch.Tensor:
+        return torch.from_numpy(np.asarray(self.features[idx.numpy()], dtype=np.float32)) \
             if not torch.is_tensor(self.features) else self.features[idx]
-        x = crop_and_shift(raw, self.feature_cfg.n_frames, self.augment_cfg, g)
-        if self.augment_cfg is not None:
-            x = augment_logmel(x, self.augment_cfg, g)
+
+    def _views(self, indices, g: torch.Generator | None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Cropped (and, in training, augmented) un-normalised views and their labels."""
+        idx = torch.as_tensor(indices, dtype=torch.long).reshape(-1) % self.num_clips
+        raw = self._raw(idx)
+        cfg = self.augment_cfg
+        if cfg is not None and cfg.stretch_prob > 0:
+            x = stretch_crop(raw, self.view_frames, cfg, g)
+        else:
+            x = crop_and_shift(raw, self.view_frames, cfg, g)
+        if cfg is not None:
+            x = augment_logmel(spectral_augment(x, cfg, g), cfg, g)
+        return x, self.labels[idx]
+
+    def _finish(self, x: torch.Tensor, g: torch.Generator | None, augment: bool = True) -> torch.Tensor:
+        """Normalisation, SpecAugment masks (training) and the tubelet layout."""
         if self.normalization is not None:
             mean, std = self.normalization
             x = (x - mean) / std
-        if self.augment_cfg is not None:
+        if augment and self.augment_cfg is not None:
             x = spec_masks(x, self.augment_cfg, g)
         if self.mode == "tubelet":
             x = convert_to_tubelets(x, *self.tubelet)
-        return x.float().contiguous(), self.labels[idx]
+        return x.float().contiguous()
+
+    def _get_batch(self, indices, generator: torch.Generator | None) -> tuple[torch.Tensor, torch.Tensor]:
+        g = generator if generator is not None else self.generator
+        x, y = self._views(indices, g)
+        return self._finish(x, g), y
 
     def __getitem__(self, i: int):
         if not -len(self) <= i < len(self):
@@ -499,7 +640,9 @@ class FeatureDataset(torch.utils.data.Dataset):
                   augment=self.augment_cfg or False, expansion=self.expansion,
                   normalization=self.normalization, tubelet=self.tubelet)
         kw.update(overrides)
-        return FeatureDataset(**kw)
+        ds = FeatureDataset(**kw)
+        ds.crop_frames = self.crop_frames
+        return ds
 
     def relabel(self, labels, class_names) -> "FeatureDataset":
         """The same clips with new labels (e.g. one-vs-rest)."""

@@ -56,12 +56,14 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--feature", action="append", metavar="KEY=VALUE",
                    help="feature option (sample_rate, n_fft, hop_length, n_mels, duration, n_frames, onset_align)")
     d.add_argument("--no-augment", action="store_true", help="disable augmentation")
+    d.add_argument("--augment", action="append", metavar="KEY=VALUE", help="augmentation option (AugmentConfig field)")
     d.add_argument("--expansion", type=int, help="random views per clip per epoch (default 3 with augmentation)")
     d.add_argument("--cache-dir", help="feature cache directory (default data/cache)")
     t = p.add_argument_group("training (defaults: the model's train_defaults, then the engine's)")
     for name, typ in (("epochs", int), ("batch-size", int), ("lr", float), ("weight-decay", float),
                       ("warmup-frac", float), ("mixup", float), ("label-smoothing", float), ("grad-clip", float),
-                      ("patience", int), ("seed", int), ("threads", int)):
+                      ("patience", int), ("seed", int), ("threads", int), ("crop", float), ("eval-crops", int),
+                      ("ema", float), ("bc-mix", float), ("val-every", int)):
         t.add_argument(f"--{name}", type=typ)
     t.add_argument("--distill", action="append", metavar="CKPT",
                    help="teacher checkpoint for knowledge distillation (repeatable: mean of the teachers); "
@@ -70,6 +72,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--distill-temp", type=float, help="distillation temperature (default 2)")
     t.add_argument("--distill-mode", choices=("online", "offline"),
                    help="online: teacher on every batch (default); offline: once per training clip")
+    t.add_argument("--select", choices=("best", "last"), help="checkpoint: best epoch on validation, or the last")
     t.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
     t.add_argument("--no-amp", action="store_true", help="disable bf16 autocast on CUDA")
     t.add_argument("--class-weights", action="store_true", help="inverse-frequency loss weights")
@@ -99,7 +102,8 @@ def data_spec_from_args(args):
                     split_seed=args.split_seed, feature_config=feature_config,
                     augment=not args.no_augment, expansion=args.expansion, cache_dir=args.cache_dir,
                     one_vs_rest=args.one_vs_rest, merge=merge or None, group_pattern=args.group_pattern,
-                    augment_config=augment_preset(args.feature_preset) if args.feature_preset else {})
+                    augment_config={**(augment_preset(args.feature_preset) if args.feature_preset else {}),
+                                    **parse_kv(args.augment, "--augment")})
 
 
 def train_config_from_args(args):
@@ -115,7 +119,8 @@ def train_config_from_args(args):
         device=args.device, amp=not args.no_amp, class_weights=args.class_weights or None,
         compile=args.compile or None, progress=not args.no_progress,
         distill_from=tuple(args.distill) if args.distill else None, distill_weight=args.distill_weight,
-        distill_temp=args.distill_temp, distill_mode=args.distill_mode)
+        distill_temp=args.distill_temp, distill_mode=args.distill_mode, crop=args.crop, eval_crops=args.eval_crops,
+        ema=args.ema, bc_mix=args.bc_mix, select=args.select, val_every=args.val_every)
 
 
 def run_cli(body, interrupted: str = "interrupted: rerun the same command to resume from the last epoch") -> int:

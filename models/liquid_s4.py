@@ -196,7 +196,14 @@ class S4Layer(nn.Module):
 
     # -- forward ------------------------------------------------------------------------------------
     def ssm(self, u: torch.Tensor) -> torch.Tensor:
-        """The linear(-plus-liquid) SSM part: (B, L, H) -> (B, L, H), before the activation."""
+        """The linear(-plus-liquid) SSM part: (B, L, H) -> (B, L, H), before the activation.
+
+        Never in half precision: under bf16 autocast a half-precision input is cast to fp32 at this
+        boundary and the kernel, the FFT convolution and the liquid terms run with autocast disabled."""
+        with torch.autocast(u.device.type, enabled=False):
+            return self._ssm(u.float() if u.dtype in (torch.float16, torch.bfloat16) else u)
+
+    def _ssm(self, u: torch.Tensor) -> torch.Tensor:
         L = u.shape[-2]
         K = self.kernel(L)  # (H, L)
         Kt = K.transpose(0, 1)

@@ -237,8 +237,8 @@ class ConvPatchEmbed(nn.Module):
                               stride=(grid.patch_t // 8, grid.patch_f // 8))
 
     def forward(self, tubelets: torch.Tensor) -> torch.Tensor:
-        g = self.grid
-        img = rearrange(tubelets, "b (gt gf) (pt pf) -> b 1 (gt pt) (gf pf)", gt=g.grid_t, pt=g.patch_t)
+        g = self.grid     # the time extent follows the input (a shorter crop has fewer time rows)
+        img = rearrange(tubelets, "b (gt gf) (pt pf) -> b 1 (gt pt) (gf pf)", gf=g.grid_f, pt=g.patch_t)
         return rearrange(self.proj(self.convs(img)), "b d gt gf -> b (gt gf) d")
 
 
@@ -291,15 +291,17 @@ class SpecViTEncoder(nn.Module):
         pre-tubeletised input passes through."""
         if tubelets or (tubelets is None and self.is_tubelets(x)):
             return x
-        if x.dim() != 3 or tuple(x.shape[1:]) != (self.n_frames, self.n_mels):
-            raise ValueError(f"expected [B, {self.n_frames}, {self.n_mels}] features or "
-                             f"[B, {self.grid.n_tokens}, {self.grid.patch_t * self.grid.patch_f}] tubelets, "
-                             f"got {tuple(x.shape)}")
-        slack = self.n_frames - self.grid.frames_used
+        g = self.grid
+        if x.dim() != 3 or x.shape[2] != self.n_mels or not g.patch_t <= x.shape[1] <= self.n_frames:
+            raise ValueError(f"expected [B, T, {self.n_mels}] features with {g.patch_t} <= T <= {self.n_frames} "
+                             f"or [B, {g.n_tokens}, {g.patch_t * g.patch_f}] tubelets, got {tuple(x.shape)}")
+        if x.shape[1] != self.n_frames:     # a shorter crop: its own (shorter) grid of time positions
+            g = tokens_grid(x.shape[1], self.n_mels, g.patch_t, g.patch_f)
+        slack = x.shape[1] - g.frames_used
         off = None
         if self.training and self.jitter and slack > 0:
             off = torch.randint(0, slack + 1, (x.shape[0],), device=x.device)
-        return tubeletise(x, self.grid, off)
+        return tubeletise(x, g, off)
 
     def forward(self, x: torch.Tensor, keep_idx: torch.Tensor | None = None,
                 tubelets: bool | None = None) -> torch.Tensor:
@@ -309,15 +311,16 @@ class SpecViTEncoder(nn.Module):
             # context tokens carry no information from the JEPA targets
             keep = torch.zeros(x.shape[:2], dtype=x.dtype, device=x.device).scatter_(1, keep_idx, 1.0)
             x = x * keep.unsqueeze(-1)
+        n = x.shape[1]     # tokens: the full grid, or the first n (time-major) for a shorter crop
         x = self.patch_embed(x)
         if self.pos == "sincos":
-            x = x + self.pos_embed.to(x.dtype)
+            x = x + self.pos_embed[:n].to(x.dtype)
             if keep_idx is not None:
                 x = x.gather(1, keep_idx.unsqueeze(-1).expand(-1, -1, x.shape[-1]))
             for blk in self.blocks:
                 x = blk(x)
         else:
-            ang = self.rope_ang.unsqueeze(0)
+            ang = self.rope_ang[:n].unsqueeze(0)
             if keep_idx is not None:
                 x = x.gather(1, keep_idx.unsqueeze(-1).expand(-1, -1, x.shape[-1]))
                 ang = self.rope_ang[keep_idx]

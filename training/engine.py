@@ -51,9 +51,9 @@ class TrainConfig:
     patience: int = 0               # early stopping after this many epochs without improvement (0: off)
     seed: int = 0
     device: str = "auto"            # "auto" | "cpu" | "cuda" | "cuda:1" ...
-    amp: bool = True                # bf16 autocast, CUDA only
+    amp: bool = True                # bf16 autocast on CUDA and on CPUs with native bf16 (see amp_dtype)
     threads: int | None = None      # torch CPU threads
-    eval_batch_size: int = 128
+    eval_batch_size: int = 32       # small batches stay in the CPU caches (faster than 128 there)
     drop_last: bool = True
     class_weights: bool = False     # inverse-frequency loss weights (imbalanced data)
     progress: bool = True
@@ -62,6 +62,12 @@ class TrainConfig:
     distill_weight: float = 0.5     # w in (1 - w) * CE + w * T^2 * KL(teacher || student)
     distill_temp: float = 2.0       # T
     distill_mode: str = "online"    # "online": teacher runs on every batch; "offline": once per clip
+    crop: float = 0.0               # train on random crops of this many seconds (0: whole clips)
+    eval_crops: int = 1             # evaluate on the whole clip (1) or the mean of N crops of `crop` s
+    ema: float = 0.0                # EMA of the weights with this decay (0: off); evaluated beside them
+    bc_mix: float = 0.0             # fraction of batches with between-class mixing (replaces mixup there)
+    select: str = "best"            # checkpoint: "best" epoch on validation, or "last" (EMA if on)
+    val_every: int = 1              # validate every N epochs (and after the last); others are not candidates
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "TrainConfig":
@@ -111,8 +117,52 @@ def warmup_cosine(optimizer, total_steps: int, warmup_steps: int, min_lr_ratio: 
 
 
 # --------------------------------------------------------------------------------------------
-# Devices, distribution, batches
+# Devices, precision, distribution, batches
 # --------------------------------------------------------------------------------------------
+def cpu_has_native_bf16() -> bool:
+    """Whether this CPU computes bf16 natively (AVX512-BF16 or AMX-BF16, read from /proc/cpuinfo).
+
+    Without it oneDNN emulates bf16 and autocast is slower than fp32, so the engine keeps fp32."""
+    if os.environ.get("AUDIO_FORCE_CPU_BF16") is not None:        # tests / benchmarks
+        return os.environ["AUDIO_FORCE_CPU_BF16"] == "1"
+    try:
+        with open("/proc/cpuinfo") as fh:
+            for line in fh:
+                if line.startswith("flags"):
+                    flags = set(line.split(":", 1)[1].split())
+                    return bool({"avx512_bf16", "amx_bf16"} & flags)
+    except OSError:
+        pass
+    return False
+
+
+def amp_dtype(device, enabled: bool = True) -> torch.dtype | None:
+    """The autocast dtype for ``device`` (bf16 on CUDA and on CPUs with native bf16), or ``None``.
+
+    Under autocast only matmuls / convolutions run in bf16; the models keep their SSM scans and
+    kernels in fp32 (autocast-disabled regions with fp32 casts at their boundary: the selective
+    scan in ``models/selective_scan.py``, the S4 convolution in ``models/liquid_s4.S4Layer.ssm``),
+    norms, softmax and the losses are fp32 by autocast's own rules and the explicit ``.float()``
+    of the logits, and the weights and the optimizer state are never cast."""
+    device = torch.device(device)
+    if not enabled:
+        return None
+    if device.type == "cuda" or (device.type == "cpu" and cpu_has_native_bf16()):
+        return torch.bfloat16
+    return None
+
+
+def autocast(device, dtype: torch.dtype | None):
+    """``torch.autocast`` for ``device`` with ``dtype``, disabled when ``dtype`` is None."""
+    device = torch.device(device)
+    return torch.autocast(device.type, dtype=dtype or torch.bfloat16, enabled=dtype is not None)
+
+
+def crop_frames_for(seconds: float, feature_cfg) -> int:
+    """Frames of a ``seconds``-long crop of the cached log-mels (at least one)."""
+    return max(1, int(round(seconds * feature_cfg.sample_rate / feature_cfg.hop_length)))
+
+
 def resolve_device(device: str = "auto") -> torch.device:
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -174,20 +224,37 @@ def mixup_batch(x, y, alpha: float, generator: torch.Generator):
 # Evaluation
 # --------------------------------------------------------------------------------------------
 @torch.no_grad()
-def predict_proba(model, ds, batch_size: int = 128, device="cpu", amp: bool = True) -> tuple[np.ndarray, np.ndarray]:
-    """Class probabilities ``[clips, classes]`` and labels for every clip of ``ds`` (one view each)."""
+def predict_proba(model, ds, batch_size: int = 128, device="cpu", amp: bool = True,
+                  crop_frames: int | None = None, n_crops: int = 1) -> tuple[np.ndarray, np.ndarray]:
+    """Class probabilities ``[clips, classes]`` and labels for every clip of ``ds``.
+
+    One view per clip (the whole clip, centre-cropped to ``n_frames``), or with ``n_crops > 1`` the
+    mean of the probabilities of ``n_crops`` evenly spaced ``crop_frames`` crops of the full clip
+    (``audio_utils.multi_crop_offsets``; inference does the same)."""
+    was_training = model.training
     model.eval()
     device = torch.device(device)
+    dtype = amp_dtype(device, amp)
     probs, labels = [], []
-    use_amp = amp and device.type == "cuda"
-    for s in range(0, ds.num_clips, batch_size):
-        idx = torch.arange(s, min(s + batch_size, ds.num_clips))
-        x, y = ds.get_batch(idx)
-        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=use_amp):
+    multi = n_crops > 1 and crop_frames
+    step = max(1, batch_size // n_crops) if multi else batch_size
+    for s in range(0, ds.num_clips, step):
+        idx = torch.arange(s, min(s + step, ds.num_clips))
+        x, y = ds.get_crops(idx, crop_frames, n_crops) if multi else ds.get_batch(idx)
+        with autocast(device, dtype):
             logits = model(x.to(device, non_blocking=True))
-        probs.append(torch.softmax(logits.float(), -1).cpu())
+        p = torch.softmax(logits.float(), -1).cpu()
+        probs.append(p.view(len(idx), n_crops, -1).mean(1) if multi else p)
         labels.append(y)
+    model.train(was_training)
     return torch.cat(probs).numpy(), torch.cat(labels).numpy()
+
+
+def eval_views(cfg: "TrainConfig", feature_cfg) -> dict:
+    """``predict_proba`` keyword arguments for the evaluation that ``cfg`` describes."""
+    if cfg.eval_crops > 1:
+        return {"crop_frames": crop_frames_for(cfg.crop, feature_cfg), "n_crops": int(cfg.eval_crops)}
+    return {}
 
 
 def task_metrics(probs: np.ndarray, labels: np.ndarray, class_names, task: dict | None = None) -> dict:
@@ -198,8 +265,9 @@ def task_metrics(probs: np.ndarray, labels: np.ndarray, class_names, task: dict 
     return out
 
 
-def evaluate(model, ds, batch_size: int = 128, device="cpu", amp: bool = True, task: dict | None = None) -> dict:
-    probs, labels = predict_proba(model, ds, batch_size, device, amp)
+def evaluate(model, ds, batch_size: int = 128, device="cpu", amp: bool = True, task: dict | None = None,
+             **views) -> dict:
+    probs, labels = predict_proba(model, ds, batch_size, device, amp, **views)
     return metrics_with_loss(probs, labels, ds.class_names, task)
 
 
@@ -230,7 +298,7 @@ def _write_history(out: Path, history: list[dict]) -> None:
         atomic_write(out / "history.csv", w)
 
 
-def plot_history(history: list[dict], path, title: str = "") -> None:
+def plot_history(history: list[dict], path, title: str = "", fmt: str | None = None) -> None:
     """Loss and accuracy curves as a PNG (an Agg canvas: leaves the notebook's backend alone)."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
@@ -241,13 +309,17 @@ def plot_history(history: list[dict], path, title: str = "") -> None:
     ax = fig.subplots(1, 2)
     for i, key in enumerate(("loss", "acc")):
         ax[i].plot(ep, [h[f"train_{key}"] for h in history], label="train")
-        ax[i].plot(ep, [h[f"val_{key}"] for h in history], label="val")
+        for suffix, label in (("", "val"), ("_ema", "val (EMA)")):      # validated epochs only
+            pts = [(h["epoch"], h[f"val_{key}{suffix}"]) for h in history
+                   if math.isfinite(h.get(f"val_{key}{suffix}", float("nan")))]
+            if pts:
+                ax[i].plot(*zip(*pts), label=label, marker="." if len(pts) < len(ep) else None)
         ax[i].set_xlabel("epoch")
         ax[i].set_ylabel("loss" if key == "loss" else "accuracy")
         ax[i].legend()
     fig.suptitle(title)
     fig.tight_layout()
-    fig.savefig(path, dpi=90)
+    fig.savefig(path, dpi=90, format=fmt)
 
 
 def _task_from(ds, extra: dict) -> dict:
@@ -281,6 +353,36 @@ def _check_shared_dir(out: Path, dist: DistInfo, device) -> None:
                            "every node can read (rank 0 writes the checkpoints the others load)")
 
 
+def _check_config(cfg: TrainConfig, teacher) -> None:
+    if cfg.eval_crops > 1 and not cfg.crop > 0:
+        raise ValueError("eval_crops > 1 needs crop > 0 (the crop length in seconds)")
+    if cfg.val_every < 1:
+        raise ValueError(f"val_every must be >= 1, got {cfg.val_every}")
+    if cfg.select not in ("best", "last"):
+        raise ValueError(f"select must be 'best' or 'last', got {cfg.select!r}")
+    if not 0.0 <= cfg.ema < 1.0:
+        raise ValueError(f"ema must be a decay in [0, 1), got {cfg.ema}")
+    if cfg.bc_mix > 0 and teacher is not None:
+        raise ValueError("between-class mixing (bc_mix) is not supported with distillation")
+
+
+def _soft_cross_entropy(logits: torch.Tensor, target: torch.Tensor, weights=None, smoothing: float = 0.0):
+    """Cross-entropy with soft targets ``[B, C]`` (label smoothing and class weights as in F.cross_entropy)."""
+    logp = F.log_softmax(logits.float(), -1)
+    if smoothing > 0:
+        target = target * (1 - smoothing) + smoothing / target.shape[-1]
+    per = -(target * logp * (weights if weights is not None else 1.0)).sum(-1)
+    if weights is not None:
+        return per.sum() / (target * weights).sum()
+    return per.mean()
+
+
+def _fmt_time(seconds: float) -> str:
+    m, s = divmod(int(round(seconds)), 60)
+    h, m = divmod(m, 60)
+    return f"{h}:{m:02d}:{s:02d}" if h else f"{m}:{s:02d}"
+
+
 def fit(model: torch.nn.Module, train_ds, val_ds, test_ds=None, cfg: TrainConfig = TrainConfig(),
         out_dir: str | os.PathLike = "runs/run", resume: bool = True, meta: dict | None = None,
         on_epoch_end: Callable[[dict, list[dict]], None] | None = None, teacher=None) -> dict:
@@ -292,6 +394,7 @@ def fit(model: torch.nn.Module, train_ds, val_ds, test_ds=None, cfg: TrainConfig
     ``task`` for one-vs-rest). ``on_epoch_end(row, history)`` is called after every epoch on
     rank 0 (the notebooks draw live curves with it).
     """
+    _check_config(cfg, teacher)
     dist = DistInfo.current()
     out = Path(out_dir)
     if dist.main:
@@ -311,6 +414,9 @@ def fit(model: torch.nn.Module, train_ds, val_ds, test_ds=None, cfg: TrainConfig
     for ds in (val_ds, test_ds):
         if ds is not None:
             ds.set_normalization(*train_ds.normalization)
+    if cfg.crop > 0:
+        train_ds.crop_frames = crop_frames_for(cfg.crop, train_ds.feature_cfg)
+    views = eval_views(cfg, train_ds.feature_cfg)
 
     if dist.world > 1 and device.type == "cuda" and os.environ.get("DDP_SYNC_BN", "1") != "0":
         # batch statistics over the global batch, as in single-process training (CUDA only in torch;
@@ -318,6 +424,11 @@ def fit(model: torch.nn.Module, train_ds, val_ds, test_ds=None, cfg: TrainConfig
         model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
     model = model.to(device)
     base_model = model
+    ema = None
+    if cfg.ema > 0:
+        from timm.utils import ModelEmaV3
+        # parameters and buffers (BatchNorm statistics) averaged; decay warms up from 0 to cfg.ema
+        ema = ModelEmaV3(base_model, decay=cfg.ema, use_warmup=True, warmup_power=0.75)
     if teacher is not None:
         from training.distill import distill_loss
         teacher = teacher.to(device)
@@ -342,10 +453,10 @@ def fit(model: torch.nn.Module, train_ds, val_ds, test_ds=None, cfg: TrainConfig
     if cfg.class_weights:
         counts = torch.bincount(train_ds.labels, minlength=train_ds.num_classes).float().clamp_min(1)
         weights = (counts.sum() / (len(counts) * counts)).to(device)
-    use_amp = cfg.amp and device.type == "cuda"
+    dtype = amp_dtype(device, cfg.amp)
 
     history: list[dict] = []
-    best = {"val_acc": -1.0, "val_loss": float("inf"), "epoch": 0}
+    best = {"val_acc": -1.0, "val_loss": float("inf"), "epoch": 0, "weights": "raw"}
     start_epoch = 0
     last_path = out / "last.pt"
     if dist.world > 1:
@@ -358,7 +469,12 @@ def fit(model: torch.nn.Module, train_ds, val_ds, test_ds=None, cfg: TrainConfig
         gen.set_state(state["gen"])
         aug_gen.set_state(state["aug_gen"])
         torch.set_rng_state(state["torch_rng"])
+        if ema is not None:
+            if state.get("ema") is None:
+                raise RuntimeError(f"{last_path} holds no EMA weights: it was trained without --ema")
+            ema.module.load_state_dict(state["ema"])
         history, best, start_epoch = state["history"], state["best"], state["epoch"]
+        best.setdefault("weights", "raw")
         if dist.main:
             print(f"resumed from {last_path} after epoch {start_epoch}")
         if state.get("stopped"):
@@ -383,7 +499,20 @@ def fit(model: torch.nn.Module, train_ds, val_ds, test_ds=None, cfg: TrainConfig
                  task=task, metrics=metrics, train_config=asdict(cfg))
         return m
 
+    def evaluate_val(net) -> dict:
+        val = evaluate(net, val_ds, cfg.eval_batch_size, device, cfg.amp, task, **views)
+        if dist.world > 1:
+            # every rank evaluates the whole validation set; rank 0's numbers decide for all, so that
+            # best-epoch selection and early stopping can never diverge between ranks
+            import torch.distributed as tdist
+            v = torch.tensor([val["accuracy"], val["loss"]], dtype=torch.float64, device=device)
+            tdist.broadcast(v, 0)
+            val["accuracy"], val["loss"] = v.tolist()
+        return val
+
     stopped = False
+    loop_t0 = time.perf_counter()
+    earlier = sum(h["epoch_time"] + h.get("eval_time", 0.0) for h in history)   # before a resume
     for epoch in range(start_epoch, cfg.epochs):
         model.train()
         t0 = time.perf_counter()
@@ -394,13 +523,22 @@ def fit(model: torch.nn.Module, train_ds, val_ds, test_ds=None, cfg: TrainConfig
             from tqdm.auto import tqdm
             bar = tqdm(total=steps_per_epoch, desc=f"epoch {epoch + 1}/{cfg.epochs}", leave=False)
         for idx, n_global in batches:
+            bc = cfg.bc_mix > 0 and float(torch.rand(1, generator=gen)) < cfg.bc_mix
+            mixed = not bc and cfg.mixup > 0 and float(torch.rand(1, generator=gen)) < cfg.mixup_prob
             td = time.perf_counter()
-            x, y = train_ds.get_batch(idx, aug_gen)
+            if bc:
+                x, target = train_ds.get_mixed_batch(idx, aug_gen)
+                y = target.argmax(-1)
+                target = target.to(device, non_blocking=True)
+            else:
+                x, y = train_ds.get_batch(idx, aug_gen)
             data_time += time.perf_counter() - td
             x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-            mixed = cfg.mixup > 0 and float(torch.rand(1, generator=gen)) < cfg.mixup_prob
-            with torch.autocast("cuda", dtype=torch.bfloat16, enabled=use_amp):
-                if mixed:
+            with autocast(device, dtype):
+                if bc:
+                    logits = model(x)
+                    loss = _soft_cross_entropy(logits, target, weights, cfg.label_smoothing)
+                elif mixed:
                     # the pairing permutation is local to a rank's share; drawing it from the shared
                     # ``gen`` would desynchronise the ranks' batch order when shares differ in size
                     xm, ya, yb, lam, perm = mixup_batch(x, y, cfg.mixup, gen if dist.world == 1 else aug_gen)
@@ -427,6 +565,8 @@ def fit(model: torch.nn.Module, train_ds, val_ds, test_ds=None, cfg: TrainConfig
                 torch.nn.utils.clip_grad_norm_(base_model.parameters(), cfg.grad_clip)
             optimizer.step()
             scheduler.step()
+            if ema is not None:
+                ema.update(base_model, step=scheduler.last_epoch)
             if not torch.isfinite(loss):
                 raise FloatingPointError(f"non-finite training loss at epoch {epoch + 1}")
             n_seen += len(y)
@@ -443,35 +583,52 @@ def fit(model: torch.nn.Module, train_ds, val_ds, test_ds=None, cfg: TrainConfig
             tdist.all_reduce(agg)
             loss_sum, correct, n_seen = agg.tolist()
         train_time = time.perf_counter() - t0
-        val = evaluate(base_model, val_ds, cfg.eval_batch_size, device, cfg.amp, task)
-        if dist.world > 1:
-            # every rank evaluates the whole validation set; rank 0's numbers decide for all, so that
-            # best-epoch selection and early stopping can never diverge between ranks
-            import torch.distributed as tdist
-            v = torch.tensor([val["accuracy"], val["loss"]], dtype=torch.float64, device=device)
-            tdist.broadcast(v, 0)
-            val["accuracy"], val["loss"] = v.tolist()
+        validate = (epoch + 1) % cfg.val_every == 0 or epoch + 1 == cfg.epochs
+        nan = {"loss": float("nan"), "accuracy": float("nan")}
+        val = evaluate_val(base_model) if validate else nan
+        val_ema = (evaluate_val(ema.module) if validate else nan) if ema is not None else None
         row = {"epoch": epoch + 1, "train_loss": loss_sum / max(1, n_seen), "train_acc": correct / max(1, n_seen),
                "val_loss": val["loss"], "val_acc": val["accuracy"], "lr": optimizer.param_groups[0]["lr"],
                "epoch_time": train_time, "data_time": data_time, "eval_time": time.perf_counter() - t0 - train_time}
+        if val_ema is not None:
+            row.update(val_loss_ema=val_ema["loss"], val_acc_ema=val_ema["accuracy"])
         history.append(row)
-        improved = (val["accuracy"] > best["val_acc"]) or \
-            (val["accuracy"] == best["val_acc"] and val["loss"] < best["val_loss"])
+        # this epoch's candidate: the EMA weights when they are at least as good on validation
+        # ("best"), or always the EMA weights when on ("last": fixed in advance, no choice on val)
+        use_ema = val_ema is not None and (cfg.select == "last" or
+                                           (val_ema["accuracy"], -val_ema["loss"]) >= (val["accuracy"], -val["loss"]))
+        cand = val_ema if use_ema else val
+        cand_net = ema.module if use_ema else base_model
+        if not validate:
+            improved = False
+        elif cfg.select == "last":
+            improved = True
+        else:
+            improved = (cand["accuracy"] > best["val_acc"]) or \
+                (cand["accuracy"] == best["val_acc"] and cand["loss"] < best["val_loss"])
         if improved:
-            best = {"val_acc": val["accuracy"], "val_loss": val["loss"], "epoch": epoch + 1}
+            best = {"val_acc": cand["accuracy"], "val_loss": cand["loss"], "epoch": epoch + 1,
+                    "weights": "ema" if use_ema else "raw"}
         stopped = cfg.patience > 0 and (epoch + 1 - best["epoch"]) >= cfg.patience
         if dist.main:
             if improved:
-                save_checkpoint(out / "best.safetensors", base_model, ckpt_meta({"best_val": best}))
+                save_checkpoint(out / "best.safetensors", cand_net, ckpt_meta({"best_val": best}))
             state = {"model": base_model.state_dict(), "optimizer": optimizer.state_dict(),
                      "scheduler": scheduler.state_dict(), "gen": gen.get_state(), "aug_gen": aug_gen.get_state(),
                      "torch_rng": torch.get_rng_state(), "history": history, "best": best, "epoch": epoch + 1,
-                     "stopped": stopped}
+                     "stopped": stopped, "ema": ema.module.state_dict() if ema is not None else None}
             atomic_write(last_path, lambda t: torch.save(state, t))
             _write_history(out, history)
+            _write_progress(out, history, best, cfg, metrics_model_name(base_model))
+            this_run = time.perf_counter() - loop_t0
+            eta = this_run / (epoch + 1 - start_epoch) * (cfg.epochs - epoch - 1)
+            elapsed = earlier + this_run
+            val_txt = (f"val acc {row['val_acc']:.3f}" + (f" ema {row['val_acc_ema']:.3f}" if val_ema is not None else "")
+                       if validate else "val -")
             print(f"epoch {epoch + 1:3d}/{cfg.epochs} loss {row['train_loss']:.3f} acc {row['train_acc']:.3f} | "
-                  f"val loss {row['val_loss']:.3f} acc {row['val_acc']:.3f} | lr {row['lr']:.2e} | "
-                  f"{train_time:.1f}s (data {data_time:.1f}s)", flush=True)
+                  f"{val_txt} | best " + (f"{best['val_acc']:.3f}@{best['epoch']}" if best["epoch"] else "-") + " | "
+                  f"{train_time:.1f}s+{row['eval_time']:.1f}s | {_fmt_time(elapsed)} elapsed, ETA {_fmt_time(eta)}",
+                  flush=True)
             if on_epoch_end is not None:
                 on_epoch_end(row, history)
         if stopped:
@@ -485,6 +642,20 @@ def fit(model: torch.nn.Module, train_ds, val_ds, test_ds=None, cfg: TrainConfig
     return finalize(base_model, out, train_ds, val_ds, test_ds, cfg, device, history, best, task, ckpt_meta, dist)
 
 
+def metrics_model_name(model) -> str:
+    return getattr(model, "model_name", type(model).__name__)
+
+
+def _write_progress(out: Path, history: list[dict], best: dict, cfg: TrainConfig, model_name: str) -> None:
+    """``metrics.json`` (status "running") and ``curves.png`` refreshed after every epoch;
+    :func:`finalize` replaces them with the final figures."""
+    progress = {"status": "running", "model": model_name, "epochs_run": len(history), "epochs": cfg.epochs,
+                "best_epoch": best["epoch"], "best_val_acc": best["val_acc"], "best_weights": best.get("weights"),
+                "mean_epoch_time_s": float(np.mean([h["epoch_time"] for h in history]))}
+    atomic_write(out / "metrics.json", lambda t: Path(t).write_text(json.dumps(progress, indent=1)))
+    atomic_write(out / "curves.png", lambda t: plot_history(history, t, model_name, fmt="png"))
+
+
 def finalize(model, out: Path, train_ds, val_ds, test_ds, cfg, device, history, best, task, ckpt_meta, dist) -> dict:
     """Reload the best checkpoint, pick a binary threshold on validation, test once, write results."""
     from training.checkpoint import load_checkpoint
@@ -492,21 +663,25 @@ def finalize(model, out: Path, train_ds, val_ds, test_ds, cfg, device, history, 
     state, _ = load_checkpoint(out / "best.safetensors", "cpu")
     model.load_state_dict(state)
     model.to(device)
-    probs, labels = predict_proba(model, val_ds, cfg.eval_batch_size, device, cfg.amp)
+    views = eval_views(cfg, train_ds.feature_cfg)
+    probs, labels = predict_proba(model, val_ds, cfg.eval_batch_size, device, cfg.amp, **views)
     if task.get("type") == "binary":
         task["threshold"] = best_threshold(probs[:, 1], labels == 1)   # chosen on validation only
     val = metrics_with_loss(probs, labels, val_ds.class_names, task)
-    test = evaluate(model, test_ds, cfg.eval_batch_size, device, cfg.amp, task) if test_ds is not None else None
+    test = evaluate(model, test_ds, cfg.eval_batch_size, device, cfg.amp, task, **views) if test_ds is not None else None
     epoch_times = [h["epoch_time"] for h in history]
     metrics = {
         "model": getattr(model, "model_name", type(model).__name__),
         "params": sum(p.numel() for p in model.parameters()),
-        "best_epoch": best["epoch"], "epochs_run": len(history),
+        "status": "finished", "best_epoch": best["epoch"], "best_weights": best.get("weights", "raw"),
+        "selection": cfg.select, "epochs_run": len(history),
         "val_acc": val["accuracy"], "val_macro_f1": val["macro_f1"], "n_val": val["n"],
         "test_acc": test["accuracy"] if test else None, "test_macro_f1": test["macro_f1"] if test else None,
         "n_test": test["n"] if test else 0,
         "mean_epoch_time_s": float(np.mean(epoch_times)) if epoch_times else None,
         "mean_data_time_s": float(np.mean([h["data_time"] for h in history])) if history else None,
+        "mean_epoch_time_with_eval_s": float(np.mean([h["epoch_time"] + h.get("eval_time", 0.0) for h in history]))
+        if history else None,
         "train_items_per_epoch": len(train_ds), "device": str(device),
         "task": task,
     }
