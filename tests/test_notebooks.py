@@ -123,8 +123,9 @@ def test_tiny_env_never_targets_checkpoints(monkeypatch, tmp_path):
     monkeypatch.delenv("TOOLKIT_EPOCHS", raising=False)
     env = nbu.notebook_env()
     assert env.tiny and env.checkpoint_dir is None and env.results_dir == tmp_path / "runs" / "results"
-    cfg = make_train_config("cnn", **nbu.train_overrides(env))
-    assert cfg.epochs == nbu.TINY_TRAIN["epochs"] and not nbu.is_full_run("cnn", cfg, env)
+    cfg = make_train_config("cnn", **nbu.train_overrides(env, {"epochs": 100, "lr": 0.1}))
+    assert cfg.epochs == nbu.TINY_TRAIN["epochs"] and not nbu.is_full_run("cnn", cfg, env)   # tiny wins
+    assert cfg.lr == 0.1
     monkeypatch.setenv("TOOLKIT_TINY", "0")
     env = nbu.notebook_env()
     assert not env.tiny and env.checkpoint_dir is not None

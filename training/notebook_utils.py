@@ -83,9 +83,10 @@ def notebook_env() -> NotebookEnv:
 
 
 def train_overrides(env: NotebookEnv, overrides: dict | None = None) -> dict:
-    """Engine overrides for this mode: tiny settings first, then the notebook's, then TOOLKIT_EPOCHS."""
-    out = dict(TINY_TRAIN) if env.tiny else {}
-    out.update(overrides or {})
+    """Engine overrides: the notebook's, then (tiny mode) the tiny settings, then TOOLKIT_EPOCHS."""
+    out = dict(overrides or {})
+    if env.tiny:
+        out.update(TINY_TRAIN)
     if env.epochs:
         out["epochs"] = env.epochs
     return out
