@@ -187,7 +187,11 @@ def markdown(df: pd.DataFrame, index: bool = False) -> str:
     cols = ([df.index.name or ""] if index else []) + list(df.columns)
     align = tuple("right" if (c in right or c.startswith("/") or c in ("Liquid-S4 (PolyB)", "Mamba", "V-JEPA2 ViT (`mini`)"))
                   else "left" for c in cols)
-    return df.to_markdown(index=index, colalign=align, disable_numparse=True)
+    text = df.to_markdown(index=index, colalign=align, disable_numparse=True)
+    # unpadded cells: a changed number changes one line of the README, not the whole table
+    rows = [[c.strip() for c in line.strip().strip("|").split("|")] for line in text.splitlines()]
+    rows[1] = [("---:" if c.endswith(":") and not c.startswith(":-") else "---") for c in rows[1]]
+    return "\n".join("| " + " | ".join(r) + " |" for r in rows)
 
 
 def latency_note(info: dict) -> str:
@@ -260,7 +264,9 @@ def run(args) -> int:
     recipes = read_models_csv(res_dir / "models.csv")
     latency, lat_info = read_latency(res_dir / "latency.json")
     ensembles = (results.read_json(res_dir / "ensembles.json", {}) or {}).get("ensembles", [])
-    tables = {"results": markdown(results_table(found, recipes, latency, ensembles))}
+    tables = {"results": markdown(results_table(found, recipes, latency, ensembles)) + "\n\n"
+              "± is the half-width of the 95 % binomial confidence interval of the test accuracy. CPU latency: "
+              "`results/latency.json` (the latency table below)."}
     attempts = attempts_table(res_dir / "attempts.csv")
     if attempts is not None:
         tables["attempts"] = markdown(attempts, index=True)

@@ -216,8 +216,7 @@ def _bars(results: dict, ensembles: Sequence[dict] = ()):
             colors.append(_color(i))
     for e in ensembles:
         if e.get("test_acc") is not None:
-            labels.append("ensemble\n" + "+".join(e["members"]) if len(e["members"]) <= 3
-                          else f"ensemble\n({len(e['members'])} models)")
+            labels.append(f"ensemble of {len(e['members'])}\n(" + ",\n".join(e["members"]) + ")")
             vals.append(e["test_acc"])
             ns.append(e.get("n_test"))
             colors.append("0.35")
@@ -261,7 +260,10 @@ def plot_accuracy_vs(results: dict, xs: dict[str, float], xlabel: str, ax=None, 
     if lows:
         ax.set_ylim(*_accuracy_limits(lows, highs))
     if logx:
+        from matplotlib.ticker import LogFormatter
         ax.set_xscale("log")
+        ax.xaxis.set_major_formatter(LogFormatter(labelOnlyBase=False))
+        ax.xaxis.set_minor_formatter(LogFormatter(labelOnlyBase=False, minor_thresholds=(2, 0.5)))
     ax.set_xlabel(xlabel)
     ax.set_ylabel("test accuracy (fold 5), 95 % CI")
     ax.grid(alpha=0.3)
