@@ -46,7 +46,7 @@ notebook-setup: setup
 	$(BIN)/pip install -q -r requirements-notebooks.txt
 
 notebook: notebook-setup  ## open the notebooks in JupyterLab (they write to runs/, never to checkpoints/ or results/ unless told)
-	cd notebooks && ../$(BIN)/jupyter lab
+	$(BIN)/jupyter lab --notebook-dir=notebooks
 
 notebooks: setup  ## regenerate notebooks/*.ipynb from notebooks/make_notebooks.py
 	$(BIN)/python notebooks/make_notebooks.py
