@@ -28,7 +28,8 @@ DISTILLED = (
     "distillation. The shipped run was distilled offline from the mean of four teachers "
     "(`runs/teachers/*.safetensors`, not in the repository; README \"Results\"). To do the same, add "
     "`\"distill_from\": [...4 teacher checkpoints...], \"distill_mode\": \"offline\"` to `TRAIN_OVERRIDES`; "
-    "without it the run is the undistilled recipe of the README's attempts table.")
+    "without it the run is the shipped recipe minus distillation (the README's attempts table lists the "
+    "undistilled 100-epoch runs).")
 
 TRAINING = {
     "liquid_s4": dict(
