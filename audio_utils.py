@@ -44,6 +44,7 @@ import numpy as np
 import soundfile as sf
 import torch
 import torchaudio
+from einops import rearrange
 
 REPO_ROOT = Path(__file__).resolve().parent
 DEFAULT_CACHE_DIR = REPO_ROOT / "data" / "cache"
