@@ -324,15 +324,18 @@ def convert_to_tubelets(x: torch.Tensor, patch_t: int = 8, patch_f: int = 16, of
     Frames are cropped to ``(T // patch_t) * patch_t`` (centred unless ``offset`` is given):
     ``[155, 128]`` -> 152 frames -> 19 x 8 grid -> ``[152, 128]``. Tokens are ordered time-major
     (index ``t * n_f + f``); each token is its patch flattened time-major.
+    The layout has one implementation, the ViT's own (:func:`models.vjepa2.tubeletise`).
     """
+    from models.vjepa2 import tokens_grid, tubeletise
+
     t, f = x.shape[-2], x.shape[-1]
     if f % patch_f:
         raise ValueError(f"mel bins {f} not divisible by patch_f {patch_f}")
-    nt = t // patch_t
-    if nt == 0:
+    if t < patch_t:
         raise ValueError(f"{t} frames is fewer than one tubelet of {patch_t}")
-    x = crop_frames(x, nt * patch_t, offset)
-    return rearrange(x, "... (nt pt) (nf pf) -> ... (nt nf) (pt pf)", pt=patch_t, pf=patch_f)
+    grid = tokens_grid(t, f, patch_t, patch_f)
+    out = tubeletise(x.reshape(-1, t, f), grid, offset)
+    return out.reshape(*x.shape[:-2], *out.shape[1:])
 
 
 # --------------------------------------------------------------------------------------------
@@ -556,27 +559,19 @@ class FeatureDataset(torch.utils.data.Dataset):
 
     # -- items -------------------------------------------------------------------------------
     def get_batch(self, indices, generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        """Features and labels of clip views ``indices`` (vectorised; runs on one thread, which is
-        faster than intra-op parallelism for these small element-wise ops)."""
-        threads = torch.get_num_threads()
-        torch.set_num_threads(1)
-        try:
-            return self._get_batch(indices, generator)
-        finally:
-            torch.set_num_threads(threads)
+        """Features and labels of clip views ``indices`` (vectorised). Runs on the process's thread
+        count: the caller (``TrainConfig.threads`` in the engine) sets it, nothing here changes it."""
+        g = generator if generator is not None else self.generator
+        x, y = self._views(indices, g)
+        return self._finish(x, g), y
 
     def get_mixed_batch(self, indices, generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """Like :meth:`get_batch`, with every view mixed with another of the batch by
         :func:`between_class_mix` (before normalisation); the targets are soft ``[B, classes]``."""
-        threads = torch.get_num_threads()
-        torch.set_num_threads(1)
-        try:
-            g = generator if generator is not None else self.generator
-            x, y = self._views(indices, g)
-            x, target = between_class_mix(x, y, self.num_classes, g)
-            return self._finish(x, g), target
-        finally:
-            torch.set_num_threads(threads)
+        g = generator if generator is not None else self.generator
+        x, y = self._views(indices, g)
+        x, target = between_class_mix(x, y, self.num_classes, g)
+        return self._finish(x, g), target
 
     def get_crops(self, indices, n_frames: int, n_crops: int) -> tuple[torch.Tensor, torch.Tensor]:
         """``n_crops`` evenly spaced ``n_frames`` views of each clip's full features (no augmentation):
@@ -619,11 +614,6 @@ class FeatureDataset(torch.utils.data.Dataset):
         if self.mode == "tubelet":
             x = convert_to_tubelets(x, *self.tubelet)
         return x.float().contiguous()
-
-    def _get_batch(self, indices, generator: torch.Generator | None) -> tuple[torch.Tensor, torch.Tensor]:
-        g = generator if generator is not None else self.generator
-        x, y = self._views(indices, g)
-        return self._finish(x, g), y
 
     def __getitem__(self, i: int):
         if not -len(self) <= i < len(self):

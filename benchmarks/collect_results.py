@@ -1,77 +1,314 @@
 #!/usr/bin/env python
-"""Collect the trained models' results: ship runs, measure CPU latency, ensemble, write results/.
+"""The one source of the README's results: tables, summary and figures from committed files.
 
-The command-line twin of ``notebooks/compare_models.ipynb`` (same code: training/notebook_utils.py).
+Reads only committed files (no data, no training, no timing) unless a ``--measure-*`` flag asks:
 
-    # copy finished runs into checkpoints/ (NAME_esc50.safetensors / .history.json / .metrics.json)
-    python benchmarks/collect_results.py --ship liquid_s4=runs/liquid_s4_gpu --ship mamba=runs/mamba_gpu
-    # then (or at once) compare everything shipped, falling back to runs/NAME_esc50/
-    python benchmarks/collect_results.py --data-dir /work/shared/data/ESC-50
+* ``checkpoints/NAME_esc50.metrics.json`` / ``.history.json``: every shipped model's metrics;
+* ``results/models.csv``: per model the README label, CPU epoch time (from the benchmarks) and
+  the training command;
+* ``results/latency.json``: the one stored latency measurement (``--measure-latency`` runs
+  ``benchmarks/bench_inference.py`` and rewrites it; ``--latency-from FILE`` converts a saved
+  output of that script);
+* ``results/ensembles.json``: probability-mean ensembles on folds 4 and 5 (``--measure-ensembles``
+  recomputes them from the shipped checkpoints; needs the ESC-50 data);
+* ``results/attempts.csv``: the accuracy of each attempt per model (fold-4 val / fold-5 test).
 
-Writes ``results/summary.json`` (per model: params, epochs, val / test accuracy, macro-F1, epoch
-time, CPU batch-1 latency; the ensemble's accuracy), ``results/comparison.png`` and
-``results/per_class.png``, and prints the table. A shipped checkpoint is replaced only by a run
-with higher validation accuracy unless ``--force``. Latency is a median over ``--repeats``
-batch-1 forward passes on this machine's CPU: check ``uptime``, other processes may share it.
+and writes ``results/summary.json``, ``results/results.md`` (the README's tables),
+``results/comparison.png`` and ``results/per_class.png``; ``--update-readme`` also rewrites the
+README's tables between their marker comments (``<!-- results:begin -->`` ... ``<!-- results:end -->``,
+likewise ``attempts`` and ``latency``).
+
+    python benchmarks/collect_results.py --update-readme          # offline, seconds (make results)
+    nice -n 19 python benchmarks/collect_results.py --measure-latency --threads 1   # re-time (minutes)
+    python benchmarks/collect_results.py --measure-ensembles --data-dir ../shared/data/ESC-50
+    python benchmarks/collect_results.py --ship liquid_s4=runs/liquid_s4_kd   # copy a run to checkpoints/
 """
 from __future__ import annotations
 
 import argparse
+import os
+import re
+import subprocess
 import sys
+import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+import pandas as pd  # noqa: E402
 
-def main(argv=None) -> int:
-    from training import notebook_utils as nbu
-    from training.data import default_esc50_dir
+from training import plots, results  # noqa: E402
+from training.latency import parse_bench_inference, read_latency  # noqa: E402
+from training.plots import binomial_ci  # noqa: E402
 
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+DEFAULT_ENSEMBLES = ("liquid_s4,mamba,vjepa2", "liquid_s4,mamba,vjepa2,cnn")
+MARKERS = ("results", "attempts", "latency")
+
+
+class UsageError(Exception):
+    """Bad arguments or missing inputs: one line on stderr, exit 2."""
+
+
+# --------------------------------------------------------------------------------------------
+# Inputs
+# --------------------------------------------------------------------------------------------
+def read_models_csv(path: Path) -> pd.DataFrame:
+    if not path.exists():
+        raise UsageError(f"{path}: missing (one row per model: model,label,cpu_epoch_time,command)")
+    return pd.read_csv(path, dtype=str, keep_default_na=False).set_index("model")
+
+
+def measure_latency(results_dir: Path, threads: int, models: list[str]) -> Path:
+    """Run benchmarks/bench_inference.py (niced), keep its output, convert it to latency.json."""
+    out = results_dir / f"bench_inference{'' if threads == 1 else f'_{threads}threads'}.txt"
+    cmd = ["nice", "-n", "19", sys.executable, str(REPO / "benchmarks" / "bench_inference.py"),
+           "--threads", str(threads), "--models", ",".join(models)]
+    print("running:", " ".join(cmd[3:]), flush=True)
+    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": str(threads)})
+    if proc.returncode:
+        raise UsageError(f"bench_inference.py failed: {(proc.stderr.strip().splitlines() or ['?'])[-1]}")
+    write_text(out, proc.stdout)
+    return latency_from(out, results_dir / "latency.json", time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()))
+
+
+def latency_from(bench_txt: Path, dest: Path, recorded: str | None = None) -> Path:
+    """Convert a saved ``bench_inference.py`` output into ``results/latency.json``."""
+    if not bench_txt.exists():
+        raise UsageError(f"{bench_txt}: no such file")
+    text = bench_txt.read_text()
+    try:
+        rows = parse_bench_inference(text)
+    except ValueError as exc:
+        raise UsageError(f"{bench_txt}: {exc}") from None
+    head = text.splitlines()[0] if text else ""
+    threads = re.search(r"(\d+) threads", head)
+    load = re.search(r"load average after: ([\d.]+)", text)
+    cpus = re.search(r"on (\d+) CPUs", text)
+    n_threads = int(threads.group(1)) if threads else None
+    load1 = float(load.group(1)) if load else None
+    info = {"protocol": "one 5-s clip through inference.Predictor (log-mel features included), batch 1: "
+                        "median wall time; batch 32: clips per second",
+            "command": f"benchmarks/bench_inference.py --threads {n_threads}", "source": display(bench_txt),
+            "threads": n_threads, "goal_ms": 10.0, "load_average_after": load1,
+            "under_load": bool(load1 and cpus and n_threads and load1 > int(cpus.group(1))),
+            "recorded": recorded, "models": rows}
+    results.write_json(dest, info)
+    return dest
+
+
+def measure_ensembles(found: dict, data_dir: str, sets: list[list[str]], dest: Path) -> Path:
+    from training.ensemble import ensemble_accuracy
+
+    out = []
+    for members in sets:
+        missing = [m for m in members if m not in found or found[m].checkpoint is None]
+        if missing:
+            raise UsageError(f"ensemble {'+'.join(members)}: no shipped checkpoint for {', '.join(missing)}")
+        cks = {m: found[m].checkpoint for m in members}
+        val, test = ensemble_accuracy(cks, data_dir, folds=[4]), ensemble_accuracy(cks, data_dir, folds=[5])
+        out.append({"members": members, "val_acc": val["acc"], "test_acc": test["acc"], "n_val": val["n"],
+                    "n_test": test["n"], "test_macro_f1": test["macro_f1"],
+                    "member_val_acc": val["member_acc"], "member_test_acc": test["member_acc"],
+                    "checkpoints": {m: display(c) for m, c in cks.items()}})
+        print(f"ensemble {'+'.join(members)}: fold-4 {val['acc']:.4f}, fold-5 {test['acc']:.4f}")
+    results.write_json(dest, {"command": "benchmarks/collect_results.py --measure-ensembles", "ensembles": out})
+    return dest
+
+
+def write_text(path: Path, text: str) -> Path:
+    from training.checkpoint import atomic_write
+
+    atomic_write(path, lambda t: Path(t).write_text(text))
+    return path
+
+
+def display(p) -> str:
+    return results.display_path(p)
+
+
+# --------------------------------------------------------------------------------------------
+# Tables
+# --------------------------------------------------------------------------------------------
+def _acc(v) -> str:
+    return "" if v is None or pd.isna(v) else f"{float(v):.4f}"
+
+
+def results_table(found: dict, recipes: pd.DataFrame, latency: dict[str, float], ensembles: list[dict]) -> pd.DataFrame:
+    rows = []
+    order = [m for m in recipes.index if m in found] + [m for m in found if m not in recipes.index]
+    for m in order:
+        r, met = found[m], found[m].metrics
+        rec = recipes.loc[m] if m in recipes.index else pd.Series(dtype=str)
+        ci = binomial_ci(met.get("test_acc"), met.get("n_test"))
+        rows.append({
+            "model": rec.get("label", m), "shipped checkpoint": f"`{display(r.checkpoint).removesuffix('.safetensors')}`",
+            "params": f"{met['params']:,}" if met.get("params") else "", "fold-4 val": _acc(met.get("val_acc")),
+            "fold-5 test (95 % CI)": f"**{_acc(met.get('test_acc'))}** ± {ci:.3f}" if met.get("test_acc") is not None else "",
+            "test macro-F1": f"{met['test_macro_f1']:.3f}" if met.get("test_macro_f1") is not None else "",
+            "epochs (views/epoch)": f"{met.get('epochs_run')} ({met.get('train_items_per_epoch')})",
+            "CPU epoch time": rec.get("cpu_epoch_time", ""),
+            "CPU latency, batch 1": f"{latency[m]:.1f} ms" if m in latency else "",
+            "command": rec.get("command", "")})
+    for e in ensembles:
+        ci = binomial_ci(e.get("test_acc"), e.get("n_test"))
+        rows.append({"model": "ensemble: " + " + ".join(e["members"]) + " (mean probability)", "shipped checkpoint": "",
+                     "params": "", "fold-4 val": _acc(e.get("val_acc")),
+                     "fold-5 test (95 % CI)": f"**{_acc(e.get('test_acc'))}** ± {ci:.3f}",
+                     "test macro-F1": f"{e['test_macro_f1']:.3f}" if e.get("test_macro_f1") is not None else "",
+                     "epochs (views/epoch)": "", "CPU epoch time": "", "CPU latency, batch 1": "",
+                     "command": "`benchmarks/collect_results.py --measure-ensembles` (members fixed in advance)"})
+    return pd.DataFrame(rows)
+
+
+def attempts_table(path: Path) -> pd.DataFrame | None:
+    if not path.exists():
+        return None
+    df = pd.read_csv(path, dtype={"budget": str}, keep_default_na=False)
+    df["cell"] = [f"{v:g} / {t:g}" + (f" ({b})" if b else "") for v, t, b in zip(df.val_acc, df.test_acc, df.budget)]
+    table = df.pivot(index="attempt", columns="model", values="cell").reindex(list(dict.fromkeys(df.attempt)))
+    return table.rename(columns={"liquid_s4": "Liquid-S4 (PolyB)", "mamba": "Mamba", "vjepa2": "V-JEPA2 ViT (`mini`)"})
+
+
+def latency_table(info: dict) -> pd.DataFrame | None:
+    rows = info.get("models") or {}
+    if not rows:
+        return None
+    goal = info.get("goal_ms") or 10.0
+    return pd.DataFrame([{"model": n, "params": f"{m['params']:,}", "batch-1 p50": f"{m['batch1_ms']:.1f} ms",
+                          f"/ {goal:g}-ms goal": f"{m['batch1_ms'] / goal:.2f}x",
+                          "batch 32 throughput": f"{m['batch32_clips_per_s']:.0f} clips/s", "weights": m.get("weights", "")}
+                         for n, m in rows.items()])
+
+
+def markdown(df: pd.DataFrame, index: bool = False) -> str:
+    right = {"params", "fold-4 val", "fold-5 test (95 % CI)", "test macro-F1", "epochs (views/epoch)",
+             "CPU latency, batch 1", "batch-1 p50", "batch 32 throughput"}
+    cols = ([df.index.name or ""] if index else []) + list(df.columns)
+    align = tuple("right" if (c in right or c.startswith("/") or c in ("Liquid-S4 (PolyB)", "Mamba", "V-JEPA2 ViT (`mini`)"))
+                  else "left" for c in cols)
+    text = df.to_markdown(index=index, colalign=align, disable_numparse=True)
+    # unpadded cells: a changed number changes one line of the README, not the whole table
+    rows = [[c.strip() for c in line.strip().strip("|").split("|")] for line in text.splitlines()]
+    rows[1] = [("---:" if c.endswith(":") and not c.startswith(":-") else "---") for c in rows[1]]
+    return "\n".join("| " + " | ".join(r) + " |" for r in rows)
+
+
+def latency_note(info: dict) -> str:
+    if not info:
+        return "No latency measured (`results/latency.json` missing)."
+    load = f"; load average {info['load_average_after']:.2f} after the run" if info.get("load_average_after") else ""
+    busy = " **Taken under load** (more runnable processes than cores): absolute figures are pessimistic." \
+        if info.get("under_load") else ""
+    when = f" on {info['recorded']}" if info.get("recorded") else ""
+    return (f"Latency: `{info.get('command')}` ({info.get('protocol')}), {info.get('threads')} thread(s), "
+            f"recorded{when} in `{info.get('source')}`{load}.{busy}")
+
+
+def replace_between_markers(text: str, name: str, block: str) -> str:
+    begin, end = f"<!-- {name}:begin -->", f"<!-- {name}:end -->"
+    if text.count(begin) != 1 or text.count(end) != 1 or text.index(begin) > text.index(end):
+        raise UsageError(f"README: needs exactly one '{begin}' before one '{end}'")
+    i, j = text.index(begin) + len(begin), text.index(end)
+    return text[:i] + "\n" + block.strip("\n") + "\n" + text[j:]
+
+
+# --------------------------------------------------------------------------------------------
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="benchmarks/collect_results.py", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--ship", action="append", metavar="NAME=RUN_DIR", default=[],
-                   help="copy RUN_DIR's best checkpoint, history and metrics to CHECKPOINT_DIR/NAME_esc50.*")
+                   help="first copy RUN_DIR's best checkpoint, history and metrics to CHECKPOINT_DIR/NAME_esc50.*")
     p.add_argument("--force", action="store_true", help="with --ship: replace even a better shipped checkpoint")
     p.add_argument("--checkpoint-dir", default=str(REPO / "checkpoints"))
-    p.add_argument("--runs-dir", default=str(REPO / "runs"))
     p.add_argument("--results-dir", default=str(REPO / "results"))
-    p.add_argument("--data-dir", default=None, help="ESC-50 root for the ensemble (default: as train.py)")
-    p.add_argument("--models", default=",".join((*nbu.MAIN_MODELS, *nbu.BASELINES)))
-    p.add_argument("--ensemble", default=",".join(nbu.MAIN_MODELS), help="members of the probability-mean ensemble")
-    p.add_argument("--repeats", type=int, default=30, help="batch-1 forward passes per model for the latency")
-    p.add_argument("--threads", type=int, default=None, help="torch threads for the latency")
-    p.add_argument("--no-ensemble", action="store_true")
+    p.add_argument("--readme", default=str(REPO / "README.md"))
+    p.add_argument("--update-readme", action="store_true", help="rewrite the README's tables between their markers")
+    p.add_argument("--models", default=",".join((*results.MAIN_MODELS, *results.BASELINES)))
+    p.add_argument("--measure-latency", action="store_true",
+                   help="re-time every model with benchmarks/bench_inference.py (minutes; niced) into latency.json")
+    p.add_argument("--threads", type=int, default=1, help="with --measure-latency: torch threads")
+    p.add_argument("--latency-from", metavar="BENCH_TXT", help="convert a saved bench_inference.py output into latency.json")
+    p.add_argument("--measure-ensembles", action="store_true", help="recompute results/ensembles.json (needs the data)")
+    p.add_argument("--ensemble", action="append", metavar="A,B,C", default=None,
+                   help=f"members of one ensemble (repeatable; default: {' and '.join(DEFAULT_ENSEMBLES)})")
+    p.add_argument("--data-dir", default=None, help="ESC-50 root for --measure-ensembles (default: as train.py)")
     p.add_argument("--no-plots", action="store_true")
-    args = p.parse_args(argv)
+    return p
 
+
+def run(args) -> int:
+    from training.shipping import ship_checkpoint
+
+    res_dir = Path(args.results_dir)
     for item in args.ship:
-        name, _, run = item.partition("=")
-        if not run:
-            p.error(f"--ship expects NAME=RUN_DIR, got '{item}'")
-        nbu.ship_checkpoint(run, name, args.checkpoint_dir, force=args.force)
+        name, _, run_dir = item.partition("=")
+        if not name or not run_dir:
+            raise UsageError(f"--ship expects NAME=RUN_DIR, got '{item}'")
+        try:
+            ship_checkpoint(run_dir, name, args.checkpoint_dir, force=args.force)
+        except FileNotFoundError as exc:
+            raise UsageError(f"--ship {item}: {exc}") from None
+    found = results.find_results(args.checkpoint_dir, None, [m for m in args.models.split(",") if m])
+    if not found:
+        raise UsageError(f"no shipped checkpoints with metrics in {args.checkpoint_dir}")
+    if args.measure_latency:
+        measure_latency(res_dir, args.threads, sorted(found))
+    elif args.latency_from:
+        latency_from(Path(args.latency_from), res_dir / "latency.json")
+    if args.measure_ensembles:
+        from training.data import default_esc50_dir
+        sets = [[m for m in s.split(",") if m] for s in (args.ensemble or DEFAULT_ENSEMBLES)]
+        measure_ensembles(found, args.data_dir or str(default_esc50_dir()), sets, res_dir / "ensembles.json")
 
-    results = nbu.find_results(args.checkpoint_dir, args.runs_dir, [m for m in args.models.split(",") if m])
-    if not results:
-        print(f"no results in {args.checkpoint_dir} or {args.runs_dir}", file=sys.stderr)
-        return 1
-    latency = nbu.checkpoint_latencies(results, repeats=args.repeats, threads=args.threads)
-    ens = None
-    if not args.no_ensemble:
-        members = [m for m in args.ensemble.split(",") if m in results]
-        ens = nbu.ensemble_accuracy(results, args.data_dir or default_esc50_dir(), members)
-    print(nbu.results_table(results, latency))
-    if ens and ens.get("members"):
-        print(f"ensemble {'+'.join(ens['members'])}: test acc {ens['ensemble_acc']:.4f} (n={ens['n']}); "
-              f"members re-evaluated: {ens['member_acc']}")
-    out = Path(args.results_dir)
-    nbu.write_json(out / "summary.json", nbu.summary(results, latency, ens, args.threads))
+    recipes = read_models_csv(res_dir / "models.csv")
+    latency, lat_info = read_latency(res_dir / "latency.json")
+    ensembles = (results.read_json(res_dir / "ensembles.json", {}) or {}).get("ensembles", [])
+    tables = {"results": markdown(results_table(found, recipes, latency, ensembles)) + "\n\n"
+              "± is the half-width of the 95 % binomial confidence interval of the test accuracy. CPU latency: "
+              "`results/latency.json` (the latency table below)."}
+    attempts = attempts_table(res_dir / "attempts.csv")
+    if attempts is not None:
+        tables["attempts"] = markdown(attempts, index=True)
+    lat = latency_table(lat_info)
+    tables["latency"] = (markdown(lat) if lat is not None else "") + "\n\n" + latency_note(lat_info)
+
+    md = ["<!-- generated by benchmarks/collect_results.py from checkpoints/*.metrics.json and results/; "
+          "do not edit -->"]
+    for name, title in (("results", "Results on ESC-50 (fold 5 held out)"), ("attempts", "What each attempt gave "
+                        "(fold-4 val / fold-5 test)"), ("latency", "CPU inference latency")):
+        if name in tables:
+            md += ["", f"## {title}", "", tables[name]]
+    write_text(res_dir / "results.md", "\n".join(md) + "\n")
+    lat_summary = {k: v for k, v in lat_info.items() if k != "models"}
+    results.write_json(res_dir / "summary.json", results.summary(found, latency, ensembles, lat_summary))
+    written = [res_dir / "summary.json", res_dir / "results.md"]
     if not args.no_plots:
         import matplotlib
         matplotlib.use("Agg")
-        nbu.show(nbu.comparison_figure(results, latency, ens, latency_threads=args.threads), out / "comparison.png")
-        nbu.show(nbu.plot_per_class(results), out / "per_class.png")
-    print(f"wrote {out / 'summary.json'}" + ("" if args.no_plots else f", {out / 'comparison.png'}, {out / 'per_class.png'}"))
+        label = f"CPU latency, batch 1, features included (ms, {lat_info.get('threads', '?')} thread(s))"
+        written.append(plots.save_figure(plots.comparison_figure(found, latency, ensembles, latency_label=label),
+                                         res_dir / "comparison.png"))
+        written.append(plots.save_figure(plots.plot_per_class(found), res_dir / "per_class.png"))
+    if args.update_readme:
+        readme = Path(args.readme)
+        text = readme.read_text()
+        for name, block in tables.items():
+            text = replace_between_markers(text, name, block)
+        write_text(readme, text)
+        written.append(readme)
+    print(tables["results"])
+    print("wrote " + ", ".join(display(p) for p in written))
     return 0
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return run(args)
+    except UsageError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

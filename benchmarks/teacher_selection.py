@@ -19,7 +19,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 
 def main(argv=None) -> int:
-    from training import notebook_utils as nbu
+    from training.ensemble import fold_probabilities
     from training.data import default_esc50_dir
 
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -35,7 +35,7 @@ def main(argv=None) -> int:
     root = args.data_dir or default_esc50_dir()
     probs, labels = {}, None
     for ck in args.checkpoints:
-        pr, y, _ = nbu.fold_probabilities(ck, root, folds)
+        pr, y, _ = fold_probabilities(ck, root, folds)
         if labels is not None and not np.array_equal(labels, y):
             print(f"error: {ck}: labels differ from the other checkpoints'", file=sys.stderr)
             return 2

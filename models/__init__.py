@@ -97,6 +97,16 @@ def build_model(name: str, num_classes: int = 50, n_mels: int = 128, n_frames: i
     return model
 
 
+# constructor options that only say where initial weights come from: a trained model's own
+# weights replace them, so they are not part of the config that rebuilds it
+INIT_ONLY_OPTIONS = ("init_from",)
+
+
+def rebuild_config(config: dict[str, Any] | None) -> dict[str, Any]:
+    """``config`` without :data:`INIT_ONLY_OPTIONS` (what a checkpoint stores and rebuilds from)."""
+    return {k: v for k, v in (config or {}).items() if k not in INIT_ONLY_OPTIONS}
+
+
 def train_defaults(name: str) -> dict[str, Any]:
     return dict(get_spec(name).train_defaults)
 

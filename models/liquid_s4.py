@@ -1,7 +1,9 @@
 """Liquid-S4 classifier for log-mel clips, pure PyTorch (registered as ``liquid_s4``).
 
-Architecture (default, CPU-friendly): ``Linear(n_mels -> 128)`` -> 4 x [LayerNorm -> S4 layer ->
-dropout -> residual] -> LayerNorm -> mean over time -> ``Linear(128 -> num_classes)``. The S4
+Architecture (default, CPU-friendly): the convolutional stem of ``models/stems.py`` (conv blocks,
+time halved: 155 frames -> 77 tokens of width 128; ``stem="linear"``: ``Linear(n_mels -> 128)`` per
+frame) -> 4 x [LayerNorm -> S4 layer -> dropout -> residual] -> LayerNorm -> mean over time ->
+``Linear(128 -> num_classes)``. The S4
 layer is ``y = K * u + D u (+ liquid terms)`` -> GELU -> dropout -> ``Linear(H -> 2H)`` -> GLU,
 where ``K`` is the SSM convolution kernel (``models/s4_kernels.py``: S4D/Vandermonde or
 NPLR-HiPPO-LegS/Cauchy+Woodbury, bilinear or ZOH) and ``*`` is an FFT convolution zero-padded to

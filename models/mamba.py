@@ -195,7 +195,7 @@ def _init_mixer_weights(model: nn.Module, n_layer: int, n_residuals_per_layer: i
 
 
 _PRESETS = {
-    "tiny": {"d_model": 16, "n_layers": 2, "d_state": 4, "frame_stack": 2, "stem_channels": [4, 8, 8]},
+    "tiny": {"d_model": 16, "n_layers": 2, "d_state": 4, "stem_channels": [4, 8, 8]},
     "gpu": {"d_model": 192, "n_layers": 8, "d_state": 16, "stem_channels": [32, 64, 128],
             "bidirectional": True, "dropout": 0.2},
 }
@@ -211,17 +211,21 @@ class MambaClassifier(nn.Module):
     multiple of k), which cuts the scan length, and the cost, by k. ``bidirectional`` adds the
     Vim/AuM backward branch in every block. ``backend`` is passed to every :class:`Mamba`.
     ``stem="conv"`` (default) tokenises with the convolutional front end of ``models/stems.py``
-    (it halves time itself, so ``frame_stack`` is then unused); ``stem="linear"`` projects each
-    (stacked) frame, the original Mamba/Vim tokeniser (much weaker on ESC-50: README, ablations).
+    (it halves time itself, and refuses a ``frame_stack`` other than 1); ``stem="linear"`` projects
+    each stacked frame (``frame_stack`` default 2), the original Mamba/Vim tokeniser (much weaker on
+    ESC-50: README, ablations).
     """
 
     def __init__(self, num_classes: int = 50, n_mels: int = 128, n_frames: int = 155,
                  d_model: int = 64, n_layers: int = 4, d_state: int = 16, d_conv: int = 4,
-                 expand: int = 2, dt_rank="auto", frame_stack: int = 2, bidirectional: bool = True,
+                 expand: int = 2, dt_rank="auto", frame_stack: int | None = None, bidirectional: bool = True,
                  dropout: float = 0.1, norm_eps: float = 1e-5, residual_in_fp32: bool = True,
                  backend: str = "auto", stem: str = "conv", stem_channels=None, stem_pools=None):
         super().__init__()
-        self.frame_stack = int(frame_stack)
+        if stem != "linear" and frame_stack not in (None, 1):
+            raise ValueError(f"frame_stack={frame_stack} applies to stem='linear' only (the {stem} stem "
+                             "sets its own time stride)")
+        self.frame_stack = int(frame_stack or (2 if stem == "linear" else 1))
         self.n_mels, self.n_frames = n_mels, n_frames
         self.embed = build_tokenizer(stem, n_mels, d_model, self.frame_stack, stem_channels, stem_pools)
         self.layers = nn.ModuleList([

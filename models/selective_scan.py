@@ -62,31 +62,11 @@ CHUNK_ELEMENTS = 1 << 19
 _LOG2E = 1.0 / math.log(2.0)
 
 
-# Intra-op threads used inside the scan on CPU (None: leave torch's setting alone). The scan is a
-# few hundred small ops per call; with two OpenMP threads each is a fork/join barrier, and on a busy
-# machine (more runnable processes than cores) every barrier waits for a descheduled thread: at
-# batch 32, L 155, d_inner 256 the fwd+bwd took 4-6 s wall with 2 threads against 0.5 s with 1
-# (load ~7 per core); toggling the thread count per time step was worse still. On an idle machine
-# 2 threads would gain at most 2x on the scan alone, so the robust choice is 1.
-SCAN_THREADS: int | None = 1
-
-
-class _scan_threads:
-    """Context manager: cap torch's intra-op threads at SCAN_THREADS for CPU work, then restore."""
-
-    def __init__(self, device: torch.device):
-        self.active = device.type == "cpu" and SCAN_THREADS is not None
-
-    def __enter__(self):
-        self.n = torch.get_num_threads()
-        if self.active and self.n > SCAN_THREADS:
-            torch.set_num_threads(SCAN_THREADS)
-        return self
-
-    def __exit__(self, *exc):
-        if torch.get_num_threads() != self.n:
-            torch.set_num_threads(self.n)
-        return False
+# Threads: the scan runs on the process's intra-op thread count, set once by the caller
+# (``TrainConfig.threads`` / ``--threads``). On a busy machine (more runnable processes than cores)
+# one thread is much faster than two (fork/join barriers wait for descheduled threads: at batch 32,
+# L 155, d_inner 256 the fwd+bwd took 4-6 s with 2 threads against 0.5 s with 1), so pass
+# ``--threads 1`` there.
 
 
 def _chunk_len(L: int, Bsz: int, D: int, N: int, chunk_len: int | None = None) -> int:
@@ -129,12 +109,12 @@ class SelectiveScanCore(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, u, delta, A, B, C, chunk_len=None):
-        with torch.autocast(u.device.type, enabled=False), _scan_threads(u.device):
+        with torch.autocast(u.device.type, enabled=False):
             return SelectiveScanCore._forward(ctx, u, delta, A, B, C, chunk_len)
 
     @staticmethod
     def backward(ctx, gy, g_last):
-        with torch.autocast(gy.device.type, enabled=False), _scan_threads(gy.device):
+        with torch.autocast(gy.device.type, enabled=False):
             return SelectiveScanCore._backward(ctx, gy, g_last)
 
     @staticmethod

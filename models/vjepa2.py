@@ -516,9 +516,8 @@ class VJEPA2Classifier(nn.Module):
 
     @model_config.setter
     def model_config(self, cfg: dict) -> None:
-        cfg = dict(cfg)
-        cfg.pop("init_from", None)
-        self.__dict__["_model_config"] = cfg
+        from models import rebuild_config
+        self.__dict__["_model_config"] = rebuild_config(cfg)
 
     def load_encoder(self, path: str) -> None:
         sd, cfg = load_encoder_state(path)

@@ -6,7 +6,8 @@
   synthetic ESC-50, the models' ``tiny`` presets and 2 epochs; the comparison notebook then reads
   the runs the training notebooks wrote. A failing cell fails the test. These are marked ``slow``
   (deselect with ``-m "not slow"``).
-* The helpers in ``training/notebook_utils.py`` that decide what is shipped.
+* The helpers that decide where notebooks write and what is shipped (``training/notebook_utils.py``,
+  ``training/shipping.py``, ``training/results.py``): by default nothing outside ``runs/``.
 """
 from __future__ import annotations
 
@@ -77,7 +78,7 @@ def _fake_run(d: Path, val_acc: float, payload: bytes = b"weights") -> Path:
 
 
 def test_ship_checkpoint_keeps_the_better_validation_run(tmp_path):
-    from training import notebook_utils as nbu
+    from training import shipping as nbu
 
     ck = tmp_path / "checkpoints"
     first = nbu.ship_checkpoint(_fake_run(tmp_path / "a", 0.6, b"A"), "m", ck)
@@ -93,19 +94,22 @@ def test_ship_checkpoint_keeps_the_better_validation_run(tmp_path):
 
 
 def test_find_results_prefers_shipped_checkpoints(tmp_path):
-    from training import notebook_utils as nbu
+    from training import results as nbu
+    from training.shipping import ship_checkpoint
 
     runs = tmp_path / "runs"
     _fake_run(runs / "cnn_esc50", 0.4)
     _fake_run(runs / "mlp", 0.3)
     ck = tmp_path / "checkpoints"
-    nbu.ship_checkpoint(_fake_run(tmp_path / "x", 0.7), "cnn", ck)
+    ship_checkpoint(_fake_run(tmp_path / "x", 0.7), "cnn", ck)
     res = nbu.find_results(ck, runs, ["cnn", "mlp", "lstm"])
     assert list(res) == ["cnn", "mlp"]
     assert res["cnn"].source == "checkpoint" and res["cnn"].metrics["val_acc"] == 0.7
     assert res["mlp"].source == "run" and res["mlp"].checkpoint == runs / "mlp" / "best.safetensors"
     assert nbu.find_results(None, runs, ["cnn"])["cnn"].source == "run"   # tiny mode: runs only
-    assert "cnn" in nbu.results_table(res, {"cnn": 1.5})
+    df = nbu.results_frame(res, {"cnn": 1.5})
+    assert list(df.index) == ["cnn", "mlp"] and df.loc["cnn", "cpu_ms_b1"] == 1.5
+    assert "| cnn" in df.to_markdown()
 
 
 def test_tiny_env_never_targets_checkpoints(monkeypatch, tmp_path):
@@ -119,11 +123,13 @@ def test_tiny_env_never_targets_checkpoints(monkeypatch, tmp_path):
     monkeypatch.delenv("TOOLKIT_EPOCHS", raising=False)
     env = nbu.notebook_env()
     assert env.tiny and env.checkpoint_dir is None and env.results_dir == tmp_path / "runs" / "results"
-    cfg = make_train_config("cnn", **nbu.train_overrides(env))
-    assert cfg.epochs == nbu.TINY_TRAIN["epochs"] and not nbu.is_full_run("cnn", cfg, env)
+    cfg = make_train_config("cnn", **nbu.train_overrides(env, {"epochs": 100, "lr": 0.1}))
+    assert cfg.epochs == nbu.TINY_TRAIN["epochs"] and not nbu.is_full_run("cnn", cfg, env)   # tiny wins
+    assert cfg.lr == 0.1
     monkeypatch.setenv("TOOLKIT_TINY", "0")
     env = nbu.notebook_env()
     assert not env.tiny and env.checkpoint_dir is not None
+    assert env.results_dir == tmp_path / "runs" / "results"     # never results/ unless asked
     assert nbu.is_full_run("cnn", make_train_config("cnn"), env)
     assert not nbu.is_full_run("cnn", make_train_config("cnn", epochs=2), env)
 
@@ -156,6 +162,10 @@ def _images(cell) -> int:
     return sum("image/png" in o.get("data", {}) for o in cell.get("outputs", []))
 
 
+def _committed_results() -> set[str]:
+    return {f"{p.name}:{p.stat().st_mtime_ns}" for p in (REPO / "results").iterdir()}
+
+
 def _shipped() -> set[str]:
     d = REPO / "checkpoints"
     return {f"{p.name}:{p.stat().st_mtime_ns}" for p in d.iterdir()} if d.exists() else set()
@@ -183,11 +193,12 @@ def test_training_notebook_runs_in_tiny_mode(model, tiny_runs):
     text = "".join(o.get("text", "") for o in cells["ckpt"].outputs)
     assert "not copied to checkpoints/" in text
     assert _shipped() == before                  # tiny mode never writes checkpoints/
+    assert 'SHIP = False' in cells["config"].source and "SHIP = SHIP and" in cells["setup"].source
 
 
 @pytest.mark.slow
 def test_compare_notebook_runs_in_tiny_mode(tiny_runs, esc50_flac):
-    from training import notebook_utils as nbu
+    from training import results as nbu
 
     have = [m for m in (*TRAINING_MODELS, *nbu.BASELINES) if (tiny_runs / f"{m}_notebook" / "metrics.json").exists()]
     if len(have) < 2:   # run alone, or training notebooks skipped: add baseline runs as fixtures
@@ -198,16 +209,17 @@ def test_compare_notebook_runs_in_tiny_mode(tiny_runs, esc50_flac):
             cfg = make_train_config(m, epochs=1, batch_size=8, progress=False, threads=1)
             train_model(m, DataSpec(root=str(esc50_flac), expansion=1), tiny_runs / f"{m}_esc50", cfg, preset="tiny")
             have.append(m)
-    before = _shipped()
+    before, committed = _shipped(), _committed_results()
     nb = _execute("compare_models.ipynb")
     res = tiny_runs / "results"
     assert (res / "comparison.png").stat().st_size > 0 and (res / "per_class.png").stat().st_size > 0
     summary = json.loads((res / "summary.json").read_text())
     assert set(have) <= set(summary["models"])
-    ens = summary["ensemble"]
-    assert ens["members"] and 0.0 <= ens["ensemble_acc"] <= 1.0
-    for m, acc in ens["member_acc"].items():    # re-evaluating a checkpoint reproduces its test accuracy
-        assert acc == pytest.approx(summary["models"][m]["test_acc"], abs=1e-6)
+    (ens,) = summary["ensembles"]
+    assert ens["members"] and 0.0 <= ens["test_acc"] <= 1.0
+    for m in have:
         assert summary["models"][m]["cpu_latency_ms_batch1"] > 0
+    for m, acc in ens["member_test_acc"].items():    # re-evaluating a checkpoint reproduces its test accuracy
+        assert acc == pytest.approx(summary["models"][m]["test_acc"], abs=1e-6)
     assert _images({c.id: c for c in nb.cells}["figure"]) == 1
-    assert _shipped() == before
+    assert _shipped() == before and _committed_results() == committed   # results/ untouched

@@ -20,7 +20,6 @@ from safetensors import safe_open
 
 FORMAT_VERSION = 1
 META_KEY = "toolkit"
-INIT_ONLY_OPTIONS = ("init_from",)
 
 
 class CheckpointError(ValueError):
@@ -98,12 +97,11 @@ def load_checkpoint(path: str | os.PathLike, device: str | torch.device = "cpu")
 
 def build_from_checkpoint(path: str | os.PathLike, device: str | torch.device = "cpu"):
     """Rebuild the model a checkpoint describes, load its weights, put it in eval mode."""
-    from models import build_model
+    from models import build_model, rebuild_config
 
     state, meta = load_checkpoint(path, device)
     feat = meta["feature_config"]
-    # options that only say where initial weights came from are moot: the file holds the weights
-    config = {k: v for k, v in meta.get("model_config", {}).items() if k not in INIT_ONLY_OPTIONS}
+    config = rebuild_config(meta.get("model_config"))   # the file holds the weights: no init_from
     try:
         model = build_model(meta["model_name"], num_classes=len(meta["class_names"]),
                             n_mels=feat["n_mels"], n_frames=feat["n_frames"], **config)

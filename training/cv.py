@@ -224,22 +224,15 @@ def summarise(out: str | Path, write: bool = True, log=print) -> dict:
     return summary
 
 
-def _fmt(v, spec: str) -> str:
-    if v is None or (isinstance(v, float) and math.isnan(v)):
-        return "-"
-    return format(v, spec)
-
-
 def format_table(summary: dict) -> str:
-    """The per-fold table and the mean +- std line, as text."""
-    head = f"{'fold':>4} {'val':>4} {'test acc':>9} {'test F1':>8} {'val acc':>8} {'best ep':>8} {'epochs':>7} " \
-           f"{'s/epoch':>8}"
-    lines = [f"cross-validation: {summary.get('model')} ({summary.get('out')})", head, "-" * len(head)]
-    for r in summary["per_fold"]:
-        lines.append(f"{r['fold']:>4} {r['val_fold']:>4} {_fmt(r['test_acc'], '.4f'):>9} "
-                     f"{_fmt(r['test_macro_f1'], '.4f'):>8} {_fmt(r['val_acc'], '.4f'):>8} "
-                     f"{_fmt(r['best_epoch'], 'd'):>8} {_fmt(r['epochs_run'], 'd'):>7} "
-                     f"{_fmt(r['mean_epoch_time_s'], '.1f'):>8}")
+    """The per-fold table (a pandas DataFrame rendered as text) and the mean +- std line."""
+    import pandas as pd
+
+    cols = {"fold": "fold", "val_fold": "val", "test_acc": "test acc", "test_macro_f1": "test F1",
+            "val_acc": "val acc", "best_epoch": "best ep", "epochs_run": "epochs", "mean_epoch_time_s": "s/epoch"}
+    df = pd.DataFrame(summary["per_fold"], columns=list(cols)).rename(columns=cols)
+    lines = [f"cross-validation: {summary.get('model')} ({summary.get('out')})",
+             df.to_string(index=False, na_rep="-", float_format="{:.4f}".format) if len(df) else ""]
     t = summary["test_acc"]
     if t["n"]:
         lines.append(f"test accuracy: {t['mean']:.4f} +- {t['std']:.4f} (mean +- sample std over {t['n']} "

@@ -117,7 +117,7 @@ def model_available(name: str) -> tuple[bool, str]:
         models.build_model(name, num_classes=2, n_mels=16, n_frames=16, preset="tiny" if
                            "tiny" in models.get_spec(name).presets else None)
         return True, ""
-    except Exception as exc:  # ImportError, KeyError, shape errors of a module being written
+    except (ImportError, KeyError) as exc:  # an optional dependency missing, or an unknown name
         return False, f"{type(exc).__name__}: {str(exc).splitlines()[0][:120] if str(exc) else ''}"
 
 
@@ -280,36 +280,37 @@ def _pm(ms: tuple[float, float]) -> str:
 
 
 def format_table(rows: Sequence[dict]) -> str:
-    """Markdown tables: the headline metric per model and task, then the details per task."""
+    """Markdown tables (pandas): the headline metric per model and task, then the details per task."""
+    import pandas as pd
+
     s = summarize(rows)
     model_order = [m for m in (*BASELINES, *SEQUENCE_MODELS) if any(k[0] == m for k in s)]
     model_order += sorted({k[0] for k in s} - set(model_order))
     task_order = list(dict.fromkeys(r["task"] for r in rows))
     seeds = sorted({r["seed"] for r in rows})
-    lines = [f"Headline (mean ± sample std over {len(seeds)} seed(s) {seeds}: multiclass = test accuracy, "
-             "one-vs-rest = test F1 at the validation-chosen threshold)", ""]
-    lines.append("| model | params | " + " | ".join(task_order) + " |")
-    lines.append("|---|---:|" + "---:|" * len(task_order))
-    for m in model_order:
-        cells = [_pm(s[(m, t)][headline(t)]) if (m, t) in s else "-" for t in task_order]
-        params = next((s[(m, t)]["params"] for t in task_order if (m, t) in s), 0)
-        lines.append(f"| {m} | {params / 1e3:.0f}k | " + " | ".join(cells) + " |")
+    head = pd.DataFrame([{"model": m,
+                          "params": f"{next(s[(m, t)]['params'] for t in task_order if (m, t) in s) / 1e3:.0f}k",
+                          **{t: _pm(s[(m, t)][headline(t)]) if (m, t) in s else "-" for t in task_order}}
+                         for m in model_order])
+    parts = [f"Headline (mean ± sample std over {len(seeds)} seed(s) {seeds}: multiclass = test accuracy, "
+             "one-vs-rest = test F1 at the validation-chosen threshold)", "", _markdown(head)]
     for t in task_order:
         binary = any("test_f1" in r for r in rows if r["task"] == t)
         cols = ["test_acc", "test_precision", "test_recall", "test_f1", "test_auc", "test_f1_at_0.5",
-                "test_f1_midpoint"] if binary \
-            else ["test_acc", "test_macro_f1"]
+                "test_f1_midpoint"] if binary else ["test_acc", "test_macro_f1"]
         n_test = sorted({r["n_test"] for r in rows if r["task"] == t})
         n_pos = sorted({r["n_pos"] for r in rows if r["task"] == t and r.get("n_pos") is not None})
         pos = f"; positives: {', '.join(map(str, n_pos))}" if n_pos else ""
-        lines += ["", f"{t} (test clips per seed: {', '.join(map(str, n_test))}{pos})", "",
-                  "| model | " + " | ".join(c.replace("test_", "") for c in cols) + " | s/run |",
-                  "|---|" + "---:|" * (len(cols) + 1)]
-        for m in model_order:
-            if (m, t) in s:
-                lines.append(f"| {m} | " + " | ".join(_pm(s[(m, t)][c]) for c in cols)
-                             + f" | {s[(m, t)]['time_s'][0]:.0f} |")
-    return "\n".join(lines)
+        detail = pd.DataFrame([{"model": m, **{c.replace("test_", ""): _pm(s[(m, t)][c]) for c in cols},
+                                "s/run": f"{s[(m, t)]['time_s'][0]:.0f}"} for m in model_order if (m, t) in s])
+        parts += ["", f"{t} (test clips per seed: {', '.join(map(str, n_test))}{pos})", "", _markdown(detail)]
+    return "\n".join(parts)
+
+
+def _markdown(df) -> str:
+    """``df`` as a GitHub table: first column left-aligned, the others right-aligned."""
+    return df.to_markdown(index=False, disable_numparse=True,
+                          colalign=("left",) + ("right",) * (len(df.columns) - 1))
 
 
 def plot_summary(rows: Sequence[dict], ax=None):
@@ -335,28 +336,14 @@ def plot_summary(rows: Sequence[dict], ax=None):
     return ax
 
 
-def plot_confusion(rows: Sequence[dict], model: str, task: str = "multiclass", ax=None):
-    """Confusion matrix of ``model`` on ``task``, summed over seeds (rows: true class)."""
-    import matplotlib.pyplot as plt
-
+def summed_confusion(rows: Sequence[dict], model: str, task: str = "multiclass"):
+    """``(confusion matrix summed over seeds, class names, seeds)`` of ``model`` on ``task``; plot
+    it with ``training.plots.plot_confusion(cm, names, normalize=False, ax=...)``."""
     sel = [r for r in rows if r["model"] == model and r["task"] == task and r.get("confusion")]
     if not sel:
         raise ValueError(f"no runs of {model} on {task}")
     cm = np.sum([np.asarray(r["confusion"]) for r in sel], axis=0)
-    names = sel[0]["class_names"] or [str(i) for i in range(len(cm))]
-    if ax is None:
-        _, ax = plt.subplots(figsize=(3.6, 3.2))
-    ax.imshow(cm, cmap="Blues")
-    for i in range(len(cm)):
-        for j in range(len(cm)):
-            ax.text(j, i, int(cm[i, j]), ha="center", va="center", fontsize=8,
-                    color="white" if cm[i, j] > cm.max() / 2 else "black")
-    ax.set_xticks(range(len(names)), names, rotation=45, ha="right", fontsize=8)
-    ax.set_yticks(range(len(names)), names, fontsize=8)
-    ax.set_xlabel("predicted")
-    ax.set_ylabel("true")
-    ax.set_title(f"{model}: {task} (sum over {len(sel)} seed(s))", fontsize=9)
-    return ax
+    return cm, sel[0]["class_names"] or [str(i) for i in range(len(cm))], len(sel)
 
 
 def plot_logmels(root: str | os.PathLike | None = None, classes: Sequence[str] = DRUM5, features: str = "drums",

@@ -241,27 +241,11 @@ class JEPA(nn.Module):
 # pretraining loop
 # ----------------------------------------------------------------------------------------------
 def _optim_and_sched(module: nn.Module, lr: float, wd: float, total: int, warmup: int):
-    """The shared engine's optimiser and schedule (fallback: plain AdamW with the same grouping
-    rule and a linear-warmup cosine schedule, for use before training.engine exists)."""
-    try:
-        from training.engine import build_optimizer, warmup_cosine
-        opt = build_optimizer(module, lr, wd)
-        return opt, warmup_cosine(opt, total, warmup)
-    except ImportError:
-        warnings.warn("training.engine not importable; using a local AdamW + warmup-cosine fallback")
-        decay, no_decay = [], []
-        for p in module.parameters():
-            if p.requires_grad:
-                (no_decay if p.ndim <= 1 else decay).append(p)
-        opt = torch.optim.AdamW([{"params": decay, "weight_decay": wd},
-                                 {"params": no_decay, "weight_decay": 0.0}], lr=lr)
+    """The shared engine's optimiser (parameter groups) and linear-warmup cosine schedule."""
+    from training.engine import build_optimizer, warmup_cosine
 
-        def f(step):
-            if step < warmup:
-                return (step + 1) / max(1, warmup)
-            return 0.5 * (1 + math.cos(math.pi * min(1.0, (step - warmup) / max(1, total - warmup))))
-
-        return opt, torch.optim.lr_scheduler.LambdaLR(opt, f)
+    opt = build_optimizer(module, lr, wd)
+    return opt, warmup_cosine(opt, total, warmup)
 
 
 def pretrain(jepa: JEPA, loader, epochs: int, lr: float = 5e-4, weight_decay: float = 0.05,

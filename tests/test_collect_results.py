@@ -1,0 +1,143 @@
+"""benchmarks/collect_results.py: the README's tables, summary.json and the figure come from one
+set of committed files, and the comparison plots do not zoom accuracy axes onto noise."""
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def _script():
+    spec = importlib.util.spec_from_file_location("collect_results", REPO / "benchmarks" / "collect_results.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def _metrics(val, test, params):
+    return {"params": params, "epochs_run": 3, "best_epoch": 2, "val_acc": val, "test_acc": test, "n_test": 400,
+            "test_macro_f1": test - 0.01, "mean_epoch_time_s": 1.0, "device": "cpu", "train_items_per_epoch": 1200,
+            "test_per_class_accuracy": {"a": test, "b": test / 2}}
+
+
+BENCH = """torch 2.11.0, 1 threads, 2 CPUs visible, OMP_WAIT_POLICY=PASSIVE, load average 0.5 / 0.5 / 0.5 (1 / 5 / 15 min)
+one 5-s clip, features included, 1 threads; goal <= 10 ms per clip (ratio < 1 meets it)
+model         params  feat ms  model ms  b1 p50 ms  b1 min ms  b1 CPU ms  p50/goal |   b32 clips/s  ms/clip  / goal  weights
+----------------------------------------------------------------------------------------------------------------------------
+cnn          237,914     1.21     11.02      12.34      11.12      13.23     1.23x |          71.6    13.96   1.40x  shipped checkpoint
+mlp          486,194     0.82      0.22       1.26       1.01       1.27     0.13x |         402.7     2.48   0.25x  default config, random weights
+load average after: 0.70 / 0.50 / 0.50 on 2 CPUs (other processes shared the CPU if this exceeds the thread count)
+"""
+
+
+@pytest.fixture
+def repo(tmp_path):
+    ck, res = tmp_path / "checkpoints", tmp_path / "results"
+    ck.mkdir()
+    res.mkdir()
+    for name, (val, test, params) in {"cnn": (0.6775, 0.69, 237914), "mlp": (0.41, 0.3925, 486194)}.items():
+        (ck / f"{name}_esc50.safetensors").write_bytes(b"not read")
+        (ck / f"{name}_esc50.metrics.json").write_text(json.dumps(_metrics(val, test, params)))
+        (ck / f"{name}_esc50.history.json").write_text(json.dumps([{"epoch": 1, "val_acc": val}]))
+    (res / "models.csv").write_text("model,label,cpu_epoch_time,command\ncnn,CNN baseline,61 s,`train.py --model cnn`\n"
+                                    "mlp,MLP,2 s,`train.py --model mlp`\n")
+    (res / "bench.txt").write_text(BENCH)
+    (res / "ensembles.json").write_text(json.dumps({"ensembles": [
+        {"members": ["cnn", "mlp"], "val_acc": 0.7, "test_acc": 0.7125, "n_val": 400, "n_test": 400}]}))
+    (res / "attempts.csv").write_text("attempt,model,val_acc,test_acc,budget,source\nfirst,cnn,0.5,0.45,,x\n"
+                                      "first,mlp,0.3,0.25,3 epochs,x\n")
+    readme = tmp_path / "README.md"
+    readme.write_text("# title\n\ntext\n<!-- results:begin -->\nold table\n<!-- results:end -->\nmiddle\n"
+                      "<!-- attempts:begin -->\n<!-- attempts:end -->\n<!-- latency:begin -->\n| 13.4 ms |\n"
+                      "<!-- latency:end -->\nend\n")
+    return tmp_path
+
+
+def _args(root: Path, *extra):
+    return ["--checkpoint-dir", str(root / "checkpoints"), "--results-dir", str(root / "results"),
+            "--readme", str(root / "README.md"), "--models", "cnn,mlp,lstm", *extra]
+
+
+def test_readme_summary_and_figure_come_from_the_same_files(repo):
+    cr = _script()
+    assert cr.main(_args(repo, "--latency-from", str(repo / "results" / "bench.txt"), "--update-readme")) == 0
+    res = repo / "results"
+    latency = json.loads((res / "latency.json").read_text())
+    assert latency["models"]["cnn"]["batch1_ms"] == 12.34 and latency["threads"] == 1
+    summary = json.loads((res / "summary.json").read_text())
+    assert summary["models"]["cnn"]["cpu_latency_ms_batch1"] == 12.34          # the same number everywhere
+    assert summary["models"]["cnn"]["test_acc"] == 0.69 and summary["ensembles"][0]["test_acc"] == 0.7125
+    readme = (repo / "README.md").read_text()
+    assert "old table" not in readme and "13.4 ms" not in readme and readme.startswith("# title\n\ntext\n")
+    assert readme.endswith("<!-- latency:end -->\nend\n") and "\nmiddle\n" in readme
+    assert "| CNN baseline | `" in readme and "**0.6900** ± 0.045" in readme and "| 12.3 ms |" in readme
+    assert "ensemble: cnn + mlp" in readme and "**0.7125**" in readme
+    assert "| first | 0.5 / 0.45 | 0.3 / 0.25 (3 epochs) |" in readme
+    assert "| cnn | 237,914 | 12.3 ms | 1.23x | 72 clips/s | shipped checkpoint |" in readme
+    md = (res / "results.md").read_text()
+    assert "| CNN baseline |" in md and "| 12.3 ms |" in md
+    assert (res / "comparison.png").stat().st_size > 0 and (res / "per_class.png").stat().st_size > 0
+    # idempotent: a second run changes nothing
+    assert cr.main(_args(repo, "--update-readme", "--no-plots")) == 0
+    assert (repo / "README.md").read_text() == readme
+
+
+def test_bad_inputs_exit_2_with_one_line(repo, capsys):
+    cr = _script()
+    (repo / "README.md").write_text("no markers\n")
+    assert cr.main(_args(repo, "--update-readme", "--no-plots")) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: README: needs exactly one '<!-- results:begin -->'") and "\n" not in err
+    assert cr.main(_args(repo, "--latency-from", str(repo / "nope.txt"), "--no-plots")) == 2
+    assert cr.main(["--checkpoint-dir", str(repo / "empty"), "--results-dir", str(repo / "results"), "--no-plots"]) == 2
+    assert cr.main(_args(repo, "--ship", "cnn", "--no-plots")) == 2
+    assert (repo / "README.md").read_text() == "no markers\n"
+
+
+def test_committed_results_are_consistent():
+    """The committed README, summary.json and latency.json agree (run `make results` after changing one)."""
+    from training.latency import read_latency
+
+    latency, info = read_latency(REPO / "results" / "latency.json")
+    summary = json.loads((REPO / "results" / "summary.json").read_text())
+    readme = (REPO / "README.md").read_text()
+    for name, m in summary["models"].items():
+        assert m["cpu_latency_ms_batch1"] == latency[name]
+        metrics = json.loads((REPO / "checkpoints" / f"{name}_esc50.metrics.json").read_text())
+        assert m["test_acc"] == metrics["test_acc"]
+        assert f"**{metrics['test_acc']:.4f}**" in readme and f"| {latency[name]:.1f} ms |" in readme
+    for e in json.loads((REPO / "results" / "ensembles.json").read_text())["ensembles"]:
+        assert f"**{e['test_acc']:.4f}**" in readme
+
+
+def test_accuracy_axes_are_not_zoomed_onto_noise():
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from training import plots
+    from training.results import ModelResult
+
+    res = {n: ModelResult(n, "checkpoint", None, [], {"test_acc": acc, "n_test": 400, "params": p})
+           for n, acc, p in (("a", 0.69, 1e5), ("b", 0.7075, 3e5), ("c", 0.695, 6e5))}
+    ax = plots.plot_accuracy_vs(res, {n: r.params for n, r in res.items()}, "parameters")
+    lo, hi = ax.get_ylim()
+    assert hi - lo >= plots.MIN_ACC_SPAN and lo <= 0.69 - 0.04 and hi >= 0.7075 + 0.04
+    assert plots.binomial_ci(0.7, 400) == pytest.approx(1.96 * (0.21 / 400) ** 0.5)
+    ax = plots.plot_test_bars(res)
+    assert ax.get_ylim()[0] == 0
+    plt.close("all")
+
+
+def test_bench_inference_output_parses():
+    from training.latency import parse_bench_inference
+
+    rows = parse_bench_inference(BENCH)
+    assert rows["cnn"]["batch1_ms"] == 12.34 and rows["mlp"]["batch32_clips_per_s"] == 402.7
+    assert rows["mlp"]["weights"] == "default config, random weights"
+    with pytest.raises(ValueError):
+        parse_bench_inference("nothing here")

@@ -1,0 +1,55 @@
+"""Ensembles: the mean of several checkpoints' class probabilities on ESC-50 folds.
+
+Each member is evaluated with its own feature config and training-split normalisation (the ones in
+its checkpoint), so models trained with different features can still be averaged.
+"""
+from __future__ import annotations
+
+import os
+from typing import Sequence
+
+import numpy as np
+import torch
+
+
+def fold_probabilities(checkpoint: str | os.PathLike, data_root: str | os.PathLike,
+                       folds: Sequence[int] | None = None, batch_size: int = 64) -> tuple[np.ndarray, np.ndarray, dict]:
+    """Class probabilities of a checkpoint on ESC-50 fold(s) (default: its test folds).
+    Returns ``(probs, labels, meta)``."""
+    import audio_utils as au
+    from training.checkpoint import build_from_checkpoint
+    from training.engine import predict_proba
+
+    model, meta = build_from_checkpoint(checkpoint)
+    feat = au.FeatureConfig.from_dict(meta["feature_config"])
+    folds = tuple(folds or (meta.get("dataset") or {}).get("test_folds") or (5,))
+    norm = meta["normalization"]
+    ds = au.ESC50Dataset(data_root, folds, feature_cfg=feat,
+                         normalization=(torch.tensor(norm["mean"]), torch.tensor(norm["std"])))
+    if ds.class_names != list(meta["class_names"]):
+        raise ValueError(f"{checkpoint}: class names differ from the dataset at {data_root}")
+    probs, labels = predict_proba(model, ds, batch_size, "cpu")
+    return probs, labels, meta
+
+
+def ensemble_accuracy(checkpoints: dict[str, str | os.PathLike], data_root: str | os.PathLike,
+                      folds: Sequence[int] | None = None) -> dict:
+    """Accuracy of the mean of the members' probabilities on ``folds`` (and of each member alone).
+
+    ``checkpoints``: ``{member name: checkpoint path}``. Returns ``{"members", "folds", "n",
+    "member_acc", "acc", "macro_f1", "per_class_accuracy"}``.
+    """
+    from training.metrics import multiclass_metrics
+
+    if not checkpoints:
+        raise ValueError("an ensemble needs at least one member")
+    probs, labels, class_names = {}, None, None
+    for m, ck in checkpoints.items():
+        p, y, meta = fold_probabilities(ck, data_root, folds)
+        if labels is not None and not np.array_equal(labels, y):
+            raise ValueError(f"{m}: labels differ from the other members'")
+        probs[m], labels, class_names = p, y, meta["class_names"]
+    ens = multiclass_metrics(np.mean(list(probs.values()), axis=0), labels, class_names)
+    return {"members": list(checkpoints), "folds": list(folds) if folds else None, "n": int(len(labels)),
+            "member_acc": {m: float((p.argmax(1) == labels).mean()) for m, p in probs.items()},
+            "acc": ens["accuracy"], "macro_f1": ens["macro_f1"], "per_class_accuracy": ens["per_class_accuracy"]}
