@@ -212,17 +212,18 @@ def apply_recipe(args: argparse.Namespace, recipe: dict, explicit: set[str], par
         setattr(args, dest, value)
 
 
-def parse_args(argv=None) -> argparse.Namespace:
+def parse_args(argv=None, parser_factory=None, require_model: bool = True) -> argparse.Namespace:
     """Parse ``argv`` and merge a ``--recipe``; mappings end up in ``args.config_map`` etc."""
-    parser = build_parser()
+    parser_factory = parser_factory or build_parser
+    parser = parser_factory()
     args = parser.parse_args(argv)
     if args.recipe:
-        apply_recipe(args, load_recipe(args.recipe), explicit_dests(build_parser, argv), parser)
+        apply_recipe(args, load_recipe(args.recipe), explicit_dests(parser_factory, argv), parser)
     for name in _MAPPINGS:
         merged = dict(getattr(args, f"{name}_recipe", None) or {})
         merged.update(parse_pairs(getattr(args, name), f"--{name}"))
         setattr(args, f"{name}_map", merged)
-    if not args.model:
+    if require_model and not args.model:
         parser.error("--model is required (on the command line or in the --recipe)")
     return args
 

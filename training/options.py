@@ -218,7 +218,8 @@ def check_range(name: str, value: Any, where: str = "") -> None:
     except TypeError:
         ok = False
     if not ok:
-        raise OptionError(f"{where}{name} must be {text}, got {value!r}")
+        shown = f"--{name.replace('_', '-')}" if not where else f"{where}{name}"
+        raise OptionError(f"{shown} must be {text}, got {value!r}")
 
 
 # --------------------------------------------------------------------------------------------
@@ -286,15 +287,18 @@ def _check_mapping(values: dict, schema: dict[str, Any], what: str, flag: str, o
             if open_kw:
                 out[key] = val
                 continue
-            raise OptionError(f"{flag}: unknown {what} option '{key}'; valid: {', '.join(sorted(schema))}")
-        val = coerce(val, schema[key], f"{flag} {key}")
-        check_range(key, val, f"{flag} ")
+            raise OptionError(f"{flag.rstrip(':') if flag != '--' else ''}{': ' if flag != '--' else ''}unknown "
+                              f"{what} option '{key}'; valid: {', '.join(sorted(schema))}")
+        shown = f"--{key.replace('_', '-')}" if flag == "--" else f"{flag} {key}"
+        val = coerce(val, schema[key], shown)
+        check_range(key, val, "" if flag == "--" else f"{flag} ")
         out[key] = val
     return out
 
 
-def check_train(values: dict, flag: str = "train option") -> dict:
-    """Validate ``TrainConfig`` settings (keys, types, ranges)."""
+def check_train(values: dict, flag: str = "--") -> dict:
+    """Validate ``TrainConfig`` settings (keys, types, ranges); by default errors name the
+    command-line flag (``--batch-size``)."""
     from training.engine import TrainConfig
     return _check_mapping(values, dataclass_schema(TrainConfig), "training", flag)
 

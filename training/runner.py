@@ -48,7 +48,7 @@ def train_model(model_name: str, data: DataSpec, out_dir: str | Path, cfg: Train
     from training.options import check_train
 
     cfg = cfg or make_train_config(model_name)
-    check_train({k: getattr(cfg, k) for k in cfg.__dataclass_fields__}, "TrainConfig")
+    check_train({k: getattr(cfg, k) for k in cfg.__dataclass_fields__}, "TrainConfig:")
     config, resolved = checked_model_config(model_name, preset, model_config, data)
     settings = run_dir.run_settings(model_name, resolved, cfg, data)
     lock = run_dir.open_run(out_dir, settings, restart=not resume) if DistInfo.current().main else None
