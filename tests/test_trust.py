@@ -245,7 +245,7 @@ def test_jepa_encoder_records_its_folds_and_fine_tuning_checks_them(esc50_flac, 
     assert rc == 0
     enc = enc_dir / "encoder.safetensors"
     meta = provenance.read_source_meta(enc)
-    assert meta["dataset"]["train_folds"] == [1, 2, 3] and len(meta["dataset"]["clips"]["train"]) == 18
+    assert meta["dataset"]["train_folds"] == [1, 2, 3] and len(meta["clips"]["train"]) == 18
     vj = ["--model", "vjepa2", "--preset", "tiny", "--config", f"init_from={enc}", "--data-dir", str(esc50_flac),
           "--epochs", "1", "--batch-size", "8", "--no-progress", "--threads", "1", "--no-augment", "--expansion", "1"]
     capsys.readouterr()
@@ -306,9 +306,11 @@ def test_split_signature_uses_clip_names_and_labels_not_paths():
 def test_checkpoints_record_their_clips(esc50_flac, tmp_path):
     out = tmp_path / "run"
     assert cli.main(_base(esc50_flac, "--out", str(out))) == 0
-    ds = read_meta(out / "best.safetensors")["dataset"]
-    assert {len(ds["clips"][s]) for s in ("val", "test")} == {6} and len(ds["clips"]["train"]) == 18
-    assert provenance.split_signature(ds) is not None
+    meta = read_meta(out / "best.safetensors")
+    clips = meta["clips"]
+    assert {len(clips[s]) for s in ("val", "test")} == {6} and len(clips["train"]) == 18
+    assert provenance.split_signature(meta) == provenance.split_signature({**meta["dataset"], "clips": clips})
+    assert provenance.split_signature(meta) is not None
 
 
 # ------------------------------------------------------------------ options, recipes, help

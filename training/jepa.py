@@ -414,14 +414,12 @@ def _check_args(args, ap) -> None:
 
 
 def encoder_dataset(data_dir, folds, ds) -> dict:
-    """The dataset description an encoder records (like a checkpoint's): the pretraining clips are
-    its training split; it has no validation or test split."""
+    """The dataset description an encoder records (like a checkpoint's; its clips are recorded
+    beside it): the pretraining clips are its training split; it has no validation or test split."""
     from pathlib import Path
 
-    from training.provenance import dataset_clips
     return {"kind": "esc50", "root": str(Path(data_dir).resolve()), "train_folds": sorted(set(folds)),
-            "val_folds": [], "test_folds": [], "feature_config": ds.feature_cfg.to_dict(),
-            "clips": dataset_clips(ds)}
+            "val_folds": [], "test_folds": [], "feature_config": ds.feature_cfg.to_dict()}
 
 
 def main(argv=None):
@@ -471,17 +469,18 @@ def main(argv=None):
         n_params = sum(p.numel() for p in jepa.trainable().parameters())
         print(f"JEPA pretraining: {len(ds)} clips (folds {args.folds}), grid {jepa.encoder.grid}, "
               f"{n_params / 1e6:.2f} M trainable params, {len(loader)} steps/epoch", flush=True)
+        from training.provenance import dataset_clips
         dataset = encoder_dataset(args.data_dir, args.folds, ds)
         provenance = {"teachers": [], "init_from": None}
         t0 = time.perf_counter()
         hist = pretrain(jepa, loader, args.epochs, args.lr, args.weight_decay, args.warmup_frac, tuple(args.ema),
                         args.grad_clip, args.max_steps, args.device, args.out, args.export,
                         log=lambda s: print(s, flush=True), seed=args.seed, amp=args.amp,
-                        meta={"dataset": dataset, "provenance": provenance})
+                        meta={"dataset": dataset, "clips": dataset_clips(ds), "provenance": provenance})
         summary = {"args": vars(args), "normalization": {"mean": ds.normalization[0].tolist(),
                                                            "std": ds.normalization[1].tolist()},
                    "model_config": resolved, "mask": asdict(mask_cfg),
-                   "dataset": {k: v for k, v in dataset.items() if k != "clips"},
+                   "dataset": dataset,
                    "n_clips": len(ds), "trainable_params": n_params, "total_time_s": time.perf_counter() - t0,
                    "history": hist, "encoder": os.path.join(args.out, "encoder.safetensors")}
         from pathlib import Path

@@ -1,13 +1,14 @@
 """Where a model's data came from: split signatures and the leak check along the whole lineage.
 
 Every checkpoint (``best.safetensors``) and every pretrained encoder (``training.jepa``'s
-``encoder.safetensors``) records its dataset description (``training.data.DataSpec.describe()``)
-with the clips of each split, ``dataset["clips"] = {"train": [[name, label], ...], "val": ...,
-"test": ...}`` (clip names relative to the dataset root, label names), and the provenance of
-everything that shaped its weights: ``meta["provenance"] = {"teachers": [record, ...],
-"init_from": record | None}``, where a *record* is :func:`source_record` of that file (its
-SHA-256, dataset description and, recursively, its own provenance). The records are embedded,
-so the chain can be checked even where the source files are gone.
+``encoder.safetensors``) records its dataset description ``meta["dataset"]``
+(``training.data.DataSpec.describe()``), the clips of each split, ``meta["clips"] = {"train":
+[[name, label], ...], "val": ..., "test": ...}`` (clip names relative to the dataset root, label
+names), and the provenance of everything that shaped its weights: ``meta["provenance"] =
+{"teachers": [record, ...], "init_from": record | None}``, where a *record* is
+:func:`source_record` of that file (its SHA-256, dataset, clips and, recursively, its own
+provenance). The records are embedded, so the chain can be checked even where the source files
+are gone. A *split record* (:func:`split_record`) is the dataset description with its clips.
 
 :func:`check_lineage` refuses a source (teacher or pretrained encoder), or any source of a
 source, that trained on clips the student holds out (validation or test), or selected its epoch
@@ -39,14 +40,29 @@ def clip_table(ds) -> list[list[str]]:
 
 
 def dataset_clips(train_ds=None, val_ds=None, test_ds=None) -> dict[str, list[list[str]]]:
-    """The ``dataset["clips"]`` entry for the given splits (absent splits are left out)."""
+    """The ``meta["clips"]`` entry for the given splits (absent splits are left out)."""
     return {name: clip_table(ds) for name, ds in zip(SPLITS, (train_ds, val_ds, test_ds)) if ds is not None}
 
 
-def split_signature(dataset: dict | None, splits=SPLITS) -> str | None:
-    """SHA-256 (hex, 16 chars) of the clip names and labels of ``splits`` in a dataset
-    description; ``None`` when the description records no clips (checkpoints made before this)."""
-    clips = (dataset or {}).get("clips")
+def split_record(meta: dict | None) -> dict | None:
+    """``{**meta["dataset"], "clips": meta["clips"]}`` of a checkpoint's metadata, an encoder's
+    metadata or a :func:`source_record`; a bare dataset description is returned as it is."""
+    if not meta:
+        return None
+    if "dataset" not in meta and ("kind" in meta or "clips" in meta):
+        return meta
+    dataset = meta.get("dataset")
+    if dataset is None:
+        return None
+    clips = meta.get("clips") or dataset.get("clips")
+    return {**dataset, "clips": clips} if clips else dict(dataset)
+
+
+def split_signature(meta: dict | None, splits=SPLITS) -> str | None:
+    """SHA-256 (hex, 16 chars) of the clip names and labels of ``splits``, from a checkpoint's
+    metadata or a dataset description with ``clips``; ``None`` when no clips are recorded
+    (checkpoints made before this). Directory paths play no part."""
+    clips = (split_record(meta) or {}).get("clips")
     if not clips:
         return None
     body = {s: sorted(map(tuple, clips.get(s) or [])) for s in splits}
@@ -64,8 +80,9 @@ def check_split(source: dict, student: dict, name: str, role: str = "teacher") -
     """Raise ``ValueError`` unless ``source`` (a dataset description) trained only on data the
     student trains on, and selected its epoch on training or validation data, never on test.
 
-    With clip lists on both sides the check is by clip name; otherwise by ESC-50 folds, or, for
-    folder datasets, by identical split settings.
+    ESC-50 descriptions are checked by folds; with clip lists on both sides also by clip name
+    (this catches a folder dataset's other split, or clips moved between folds); folder datasets
+    without clip lists need identical split settings.
     """
     if not source:
         raise ValueError(f"{role} {name} records no dataset, so it cannot be checked for leaks "
@@ -73,14 +90,6 @@ def check_split(source: dict, student: dict, name: str, role: str = "teacher") -
     if source.get("kind") != student.get("kind"):
         raise ValueError(f"{role} {name} was trained on a {source.get('kind')} dataset, "
                          f"the student on {student.get('kind')}")
-    if source.get("clips") and student.get("clips"):
-        held_out = _names(student, "val") | _names(student, "test")
-        bad = (_names(source, "train") & held_out) | (_names(source, "val") & _names(student, "test"))
-        if bad:
-            shown = ", ".join(sorted(bad)[:3]) + (f" and {len(bad) - 3} more" if len(bad) > 3 else "")
-            raise ValueError(f"{role} {name} trained or selected on {len(bad)} clip(s) the student holds out "
-                             f"for validation or test ({shown})")
-        return
     if student.get("kind") == "esc50":
         # the source may select its epoch on the student's validation folds (the student selects
         # there too), but it must never have trained on them, nor touched the test folds at all
@@ -90,18 +99,25 @@ def check_split(source: dict, student: dict, name: str, role: str = "teacher") -
             raise ValueError(f"{role} {name} trained or selected on folds {sorted(bad)}, which the student "
                              f"holds out (val {list(student.get('val_folds') or [])}, "
                              f"test {list(student.get('test_folds') or [])})")
-    else:
+    elif not (source.get("clips") and student.get("clips")):
         diff = [k for k in FOLDER_SPLIT_KEYS if source.get(k) != student.get(k)]
         if diff:
             raise ValueError(f"{role} {name} used another split of the folder dataset (differs in: "
                              f"{', '.join(diff)}); its held-out clips could be the student's training clips")
+    if source.get("clips") and student.get("clips"):
+        held_out = _names(student, "val") | _names(student, "test")
+        bad = (_names(source, "train") & held_out) | (_names(source, "val") & _names(student, "test"))
+        if bad:
+            shown = ", ".join(sorted(bad)[:3]) + (f" and {len(bad) - 3} more" if len(bad) > 3 else "")
+            raise ValueError(f"{role} {name} trained or selected on {len(bad)} clip(s) the student holds out "
+                             f"for validation or test ({shown})")
 
 
 def iter_lineage(record: dict, name: str, role: str = "teacher", depth: int = 0):
-    """Yield ``(label, role, dataset)`` for ``record`` and every source of it, recursively."""
+    """Yield ``(label, role, split record)`` for ``record`` and every source of it, recursively."""
     if depth > 32:
         raise ValueError(f"{role} {name}: provenance chain deeper than 32 levels")
-    yield name, role, record.get("dataset")
+    yield name, role, split_record(record)
     prov = record.get("provenance") or {}
     for t in prov.get("teachers") or []:
         yield from iter_lineage(t, f"{t.get('name', '?')} (teacher of {name})", "teacher", depth + 1)
@@ -112,7 +128,8 @@ def iter_lineage(record: dict, name: str, role: str = "teacher", depth: int = 0)
 
 def check_lineage(record: dict, student: dict, name: str, role: str = "teacher") -> None:
     """:func:`check_split` on ``record`` and, recursively, on every teacher and ``init_from``
-    source it records. ``record`` is a :func:`source_record` or a checkpoint's metadata."""
+    source it records. ``record`` is a :func:`source_record` or a checkpoint's metadata;
+    ``student`` the student's split record."""
     for label, r, dataset in iter_lineage(record, name, role):
         check_split(dataset, student, label, r)
 
@@ -166,7 +183,7 @@ def legacy_provenance(meta: dict, path: Path) -> dict:
 
 
 def source_record(path: str | os.PathLike) -> dict[str, Any]:
-    """``{"name", "sha256", "dataset", "provenance"}`` of a teacher checkpoint or encoder file."""
+    """``{"name", "sha256", "dataset", "clips", "provenance"}`` of a teacher checkpoint or encoder file."""
     path = Path(path)
     try:
         meta = read_source_meta(path)
@@ -176,7 +193,7 @@ def source_record(path: str | os.PathLike) -> dict[str, Any]:
     if prov is None:
         prov = legacy_provenance(meta, path)
     return {"name": path.name, "sha256": file_sha256(path), "dataset": meta.get("dataset"),
-            "provenance": prov}
+            "clips": meta.get("clips"), "provenance": prov}
 
 
 def run_provenance(distill_from=(), init_from: str | None = None) -> dict:

@@ -56,17 +56,18 @@ def train_model(model_name: str, data: DataSpec, out_dir: str | Path, cfg: Train
         source_prov = provenance.run_provenance(cfg.distill_from, resolved.get("init_from"))
         train_ds, val_ds, test_ds = datasets or build_datasets(data, progress=cfg.progress)
         feat = train_ds.feature_cfg
-        meta = {"dataset": {**data.describe(), "clips": provenance.dataset_clips(train_ds, val_ds, test_ds)},
+        meta = {"dataset": data.describe(), "clips": provenance.dataset_clips(train_ds, val_ds, test_ds),
                 "preset": preset, "provenance": source_prov, "run_fingerprint": run_dir.fingerprint(settings)}
         meta["dataset"].pop("cache_dir", None)   # where caches live is no part of a model's record
         if data.one_vs_rest:
             meta["task"] = {"type": "binary", "positive_class": data.one_vs_rest}
         meta.update(extra_meta or {})
+        student = provenance.split_record(meta)
         for rec in source_prov["teachers"]:
-            provenance.check_lineage(rec, meta["dataset"], rec["name"], "teacher")
+            provenance.check_lineage(rec, student, rec["name"], "teacher")
         if source_prov["init_from"]:
             rec = source_prov["init_from"]
-            provenance.check_lineage(rec, meta["dataset"], rec["name"], "encoder")
+            provenance.check_lineage(rec, student, rec["name"], "encoder")
         import torch
         torch.manual_seed(cfg.seed)      # model init is part of the seeded run
         model = models.build_model(model_name, num_classes=train_ds.num_classes, n_mels=feat.n_mels,
@@ -76,7 +77,7 @@ def train_model(model_name: str, data: DataSpec, out_dir: str | Path, cfg: Train
             from training.distill import Teacher
             if train_ds.normalization is None:
                 train_ds.set_normalization(*train_ds.compute_normalization())
-            teacher = Teacher.from_checkpoints(cfg.distill_from, train_ds, meta["dataset"], cfg.distill_temp)
+            teacher = Teacher.from_checkpoints(cfg.distill_from, train_ds, student, cfg.distill_temp)
         return fit(model, train_ds, val_ds, test_ds, cfg, out_dir, resume=resume, meta=meta,
                    on_epoch_end=on_epoch_end, teacher=teacher)
     finally:
