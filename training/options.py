@@ -232,20 +232,19 @@ def dataclass_schema(cls) -> dict[str, Any]:
 
 
 def _hint_from_default(default: Any) -> Any:
-    if default is inspect.Parameter.empty or default is None:
+    """A type for an unannotated factory argument, from its default: strict for booleans (the
+    truthy-'False' trap), numbers may also be ``None``, strings accept anything (``dt_rank='auto'``
+    also takes an int); the dry build catches what the factory itself rejects."""
+    if default is inspect.Parameter.empty or default is None or isinstance(default, str):
         return Any
     if isinstance(default, bool):
         return bool
     if isinstance(default, int):
-        return int
+        return int | None
     if isinstance(default, float):
-        return float
-    if isinstance(default, str):
-        return str
-    if isinstance(default, tuple):
-        return tuple
-    if isinstance(default, list):
-        return list
+        return float | None
+    if isinstance(default, (tuple, list)):
+        return tuple | list | None
     return Any
 
 
