@@ -36,6 +36,20 @@ def checked_model_config(model_name: str, preset: str | None, model_config: dict
     return config, models.resolve_config(model_name, preset, **config)
 
 
+def checked_data_spec(data: DataSpec, datasets=None) -> DataSpec:
+    """``data`` with its options checked and its feature config complete: derived settings
+    follow their inputs (``duration`` sets ``n_frames``), or, when the datasets are already
+    built, exactly the config they were built with."""
+    from dataclasses import replace
+
+    from training.options import check_augment, check_range, feature_config
+
+    check_augment(dict(data.augment_config or {}), "DataSpec.augment_config:")
+    check_range("expansion", data.expansion, "DataSpec.")
+    feat = datasets[0].feature_cfg if datasets else feature_config(None, data.feature_config, "DataSpec.feature_config:")
+    return replace(data, feature_config=feat.to_dict())
+
+
 def train_model(model_name: str, data: DataSpec, out_dir: str | Path, cfg: TrainConfig | None = None,
                 preset: str | None = None, model_config: dict | None = None, resume: bool = True,
                 on_epoch_end=None, extra_meta: dict | None = None, datasets=None) -> dict:
@@ -49,6 +63,7 @@ def train_model(model_name: str, data: DataSpec, out_dir: str | Path, cfg: Train
 
     cfg = cfg or make_train_config(model_name)
     check_train({k: getattr(cfg, k) for k in cfg.__dataclass_fields__}, "TrainConfig:")
+    data = checked_data_spec(data, datasets)
     config, resolved = checked_model_config(model_name, preset, model_config, data)
     settings = run_dir.run_settings(model_name, resolved, cfg, data)
     lock = run_dir.open_run(out_dir, settings, restart=not resume) if DistInfo.current().main else None
