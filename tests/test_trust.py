@@ -51,6 +51,15 @@ def test_rerun_with_other_settings_is_refused_then_restart(esc50_flac, tmp_path,
     assert json.loads((out / "run.json").read_text())["settings"]["model_config"]["hidden"] == 48
 
 
+def test_a_failed_start_does_not_claim_the_directory(esc50_flac, tmp_path, capsys):
+    out = tmp_path / "run"
+    argv = _base(esc50_flac, "--out", str(out))
+    bad = list(argv)
+    bad[bad.index("--data-dir") + 1] = str(tmp_path / "typo")
+    assert cli.main(bad) == 2 and "esc50.csv" in _err_line(capsys)
+    assert cli.main(argv) == 0                  # nothing was trained there, so the directory is free
+
+
 def test_fewer_epochs_than_done_says_so(esc50_flac, tmp_path, capsys):
     out = tmp_path / "run"
     assert cli.main(_base(esc50_flac, "--out", str(out), "--epochs", "2")) == 0

@@ -466,28 +466,33 @@ def main(argv=None):
         jepa, resolved = build_jepa(n_frames, n_mels, args.preset, config, pred, mask_cfg)
         loader = ClipBatches(ds, args.batch_size, seed=args.seed)
         os.makedirs(args.out, exist_ok=True)
-        n_params = sum(p.numel() for p in jepa.trainable().parameters())
-        print(f"JEPA pretraining: {len(ds)} clips (folds {args.folds}), grid {jepa.encoder.grid}, "
-              f"{n_params / 1e6:.2f} M trainable params, {len(loader)} steps/epoch", flush=True)
-        from training.provenance import dataset_clips
-        dataset = encoder_dataset(args.data_dir, args.folds, ds)
-        provenance = {"teachers": [], "init_from": None}
-        t0 = time.perf_counter()
-        hist = pretrain(jepa, loader, args.epochs, args.lr, args.weight_decay, args.warmup_frac, tuple(args.ema),
-                        args.grad_clip, args.max_steps, args.device, args.out, args.export,
-                        log=lambda s: print(s, flush=True), seed=args.seed, amp=args.amp,
-                        meta={"dataset": dataset, "clips": dataset_clips(ds), "provenance": provenance})
-        summary = {"args": vars(args), "normalization": {"mean": ds.normalization[0].tolist(),
-                                                           "std": ds.normalization[1].tolist()},
-                   "model_config": resolved, "mask": asdict(mask_cfg),
-                   "dataset": dataset,
-                   "n_clips": len(ds), "trainable_params": n_params, "total_time_s": time.perf_counter() - t0,
-                   "history": hist, "encoder": os.path.join(args.out, "encoder.safetensors")}
-        from pathlib import Path
+        from training.run_dir import RunLock
+        lock = RunLock(args.out).acquire()          # one pretraining process per output directory
+        try:
+            n_params = sum(p.numel() for p in jepa.trainable().parameters())
+            print(f"JEPA pretraining: {len(ds)} clips (folds {args.folds}), grid {jepa.encoder.grid}, "
+                  f"{n_params / 1e6:.2f} M trainable params, {len(loader)} steps/epoch", flush=True)
+            from training.provenance import dataset_clips
+            dataset = encoder_dataset(args.data_dir, args.folds, ds)
+            provenance = {"teachers": [], "init_from": None}
+            t0 = time.perf_counter()
+            hist = pretrain(jepa, loader, args.epochs, args.lr, args.weight_decay, args.warmup_frac, tuple(args.ema),
+                            args.grad_clip, args.max_steps, args.device, args.out, args.export,
+                            log=lambda s: print(s, flush=True), seed=args.seed, amp=args.amp,
+                            meta={"dataset": dataset, "clips": dataset_clips(ds), "provenance": provenance})
+            summary = {"args": vars(args), "normalization": {"mean": ds.normalization[0].tolist(),
+                                                               "std": ds.normalization[1].tolist()},
+                       "model_config": resolved, "mask": asdict(mask_cfg),
+                       "dataset": dataset,
+                       "n_clips": len(ds), "trainable_params": n_params, "total_time_s": time.perf_counter() - t0,
+                       "history": hist, "encoder": os.path.join(args.out, "encoder.safetensors")}
+            from pathlib import Path
 
-        from training.checkpoint import atomic_write
-        atomic_write(os.path.join(args.out, "metrics.json"),
-                     lambda t: Path(t).write_text(json.dumps(summary, indent=1, default=str)))
+            from training.checkpoint import atomic_write
+            atomic_write(os.path.join(args.out, "metrics.json"),
+                         lambda t: Path(t).write_text(json.dumps(summary, indent=1, default=str)))
+        finally:
+            lock.release()
         print(f"wrote {summary['encoder']} ({summary['total_time_s']:.1f} s)")
         return 0
 

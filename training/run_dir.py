@@ -197,11 +197,11 @@ def check_resumable(directory: str | os.PathLike, settings: dict) -> None:
     d = Path(directory)
     rec = read_run(d)
     has_outputs = any((d / n).exists() for n in RUN_OUTPUTS if n != RUN_FILE)
+    if not has_outputs:
+        return          # nothing trained yet (e.g. an earlier start failed before its first epoch)
     if rec is None:
-        if has_outputs:
-            raise RunMismatch(f"{d} holds training outputs without {RUN_FILE} (an older version's run, or another "
-                              f"tool's files), so it cannot be resumed safely; {_restart_hint(d)}")
-        return
+        raise RunMismatch(f"{d} holds training outputs without {RUN_FILE} (an older version's run, or another "
+                          f"tool's files), so it cannot be resumed safely; {_restart_hint(d)}")
     if rec.get("fingerprint") == fingerprint(settings):
         return
     old = rec.get("settings") or {}
