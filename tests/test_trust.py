@@ -39,16 +39,17 @@ def test_rerun_with_other_settings_is_refused_then_restart(esc50_flac, tmp_path,
     assert cli.main(_base(esc50_flac, "--out", str(out))) == 0
     before = (out / "best.safetensors").read_bytes()
     capsys.readouterr()
-    assert cli.main(_base(esc50_flac, "--out", str(out), "--config", "hidden=48")) == 2
+    # same weight shapes, so the old code silently resumed and relabelled the old weights
+    assert cli.main(_base(esc50_flac, "--out", str(out), "--config", "dropout=0.3")) == 2
     err = _err_line(capsys)
-    assert "holds another run" in err and "model_config.hidden" in err and "--restart" in err
+    assert "holds another run" in err and "model_config.dropout" in err and "--restart" in err
     assert (out / "best.safetensors").read_bytes() == before            # nothing relabelled
     # the same run resumes (finished: re-evaluated, same settings)
     assert cli.main(_base(esc50_flac, "--out", str(out))) == 0
     capsys.readouterr()
-    assert cli.main(_base(esc50_flac, "--out", str(out), "--config", "hidden=48", "--restart")) == 0
-    assert read_meta(out / "best.safetensors")["model_config"]["hidden"] == 48
-    assert json.loads((out / "run.json").read_text())["settings"]["model_config"]["hidden"] == 48
+    assert cli.main(_base(esc50_flac, "--out", str(out), "--config", "dropout=0.3", "--restart")) == 0
+    assert read_meta(out / "best.safetensors")["model_config"]["dropout"] == 0.3
+    assert json.loads((out / "run.json").read_text())["settings"]["model_config"]["dropout"] == 0.3
 
 
 def test_a_failed_start_does_not_claim_the_directory(esc50_flac, tmp_path, capsys):

@@ -185,6 +185,7 @@ def apply_recipe(args: argparse.Namespace, recipe: dict, explicit: set[str], par
     actions = {a.dest: a for a in parser._actions if a.dest not in ("help", "recipe")}
     for key, value in recipe.items():
         dest = str(key).replace("-", "_")
+        dest = {"distill_from": "distill"}.get(dest, dest)          # the TrainConfig name of --distill
         if dest == "train" and isinstance(value, dict):           # a mapping of TrainConfig fields
             apply_recipe(args, {k: v for k, v in value.items()}, explicit, parser)
             continue
