@@ -61,6 +61,15 @@ def test_a_failed_start_does_not_claim_the_directory(esc50_flac, tmp_path, capsy
     assert cli.main(argv) == 0                  # nothing was trained there, so the directory is free
 
 
+def test_corrupt_last_pt_is_one_line(esc50_flac, tmp_path, capsys):
+    out = tmp_path / "run"
+    assert cli.main(_base(esc50_flac, "--out", str(out))) == 0
+    (out / "last.pt").write_bytes(b"")
+    capsys.readouterr()
+    assert cli.main(_base(esc50_flac, "--out", str(out))) == 2
+    assert "last.pt is truncated or corrupt" in _err_line(capsys)
+
+
 def test_fewer_epochs_than_done_says_so(esc50_flac, tmp_path, capsys):
     out = tmp_path / "run"
     assert cli.main(_base(esc50_flac, "--out", str(out), "--epochs", "2")) == 0
@@ -374,3 +383,24 @@ def test_library_never_imports_a_script():
             names = [a.name for a in node.names] if isinstance(node, ast.Import) else \
                 [node.module] if isinstance(node, ast.ImportFrom) and node.module else []
             assert not scripts & {n.split(".")[0] for n in names}, f"{path.name} imports a script"
+
+
+def test_new_train_config_fields_get_flags_and_rules(monkeypatch, capsys):
+    """Fields added to TrainConfig (crop, eval_crops, ema, bc_mix) get a flag and their range rule."""
+    import dataclasses
+
+    import training.engine as engine
+    from training.options import check_train
+
+    existing = {f.name for f in dataclasses.fields(engine.TrainConfig)}
+    extra = [(n, t, dataclasses.field(default=d)) for n, t, d in
+             (("crop", float, 0.0), ("eval_crops", int, 1), ("ema", float, 0.0), ("bc_mix", float, 0.0))
+             if n not in existing]
+    monkeypatch.setattr(engine, "TrainConfig", dataclasses.make_dataclass("TrainConfig", extra, bases=(engine.TrainConfig,)))
+    opts = {s for a in cli.build_parser()._actions for s in a.option_strings}
+    assert {"--crop", "--eval-crops", "--ema", "--bc-mix", "--amp", "--no-amp"} <= opts
+    assert check_train({"crop": 1, "eval_crops": 3, "ema": 0.999, "bc_mix": 0.5}) == \
+        {"crop": 1.0, "eval_crops": 3, "ema": 0.999, "bc_mix": 0.5}
+    for bad in ({"eval_crops": 0}, {"ema": 1.0}, {"bc_mix": -0.1}, {"crop": -2.0}, {"amp": "False"}):
+        with pytest.raises(OptionError):
+            check_train(bad)

@@ -24,7 +24,8 @@ from dataclasses import MISSING, fields
 from pathlib import Path
 from typing import Any, get_args, get_origin
 
-from training.options import OptionError, check_augment, coerce, feature_config, load_recipe, parse_pairs
+from training.options import (OptionError, check_augment, coerce, feature_config, load_recipe, parse_pairs,
+                              parse_value)
 
 EXIT_USAGE = 2
 EXIT_FAILURE = 1
@@ -91,7 +92,7 @@ def _scalar_type(hint):
     if get_origin(hint) is not None and type(None) in get_args(hint):
         rest = [a for a in get_args(hint) if a is not type(None)]
         hint = rest[0] if len(rest) == 1 else str
-    return hint if hint in (int, float, str) else str
+    return hint if hint in (int, float, str) else parse_value     # tuples etc.: JSON / Python literal
 
 
 def add_train_arguments(p: argparse.ArgumentParser) -> None:
@@ -208,6 +209,7 @@ def apply_recipe(args: argparse.Namespace, recipe: dict, explicit: set[str], par
             value = tuple(coerce(list(value) if isinstance(value, (list, tuple)) else [value], tuple[int, ...], name))
         elif a.type in (int, float, str):
             value = coerce(value, a.type, name)
+        # other values (e.g. a tuple-valued TrainConfig field) are checked by check_train
         if a.choices is not None and value not in a.choices:
             raise OptionError(f"{name}: expected one of {', '.join(map(str, a.choices))}, got {value!r}")
         setattr(args, dest, value)

@@ -337,8 +337,12 @@ def check_model(model_name: str, values: dict, preset: str | None = None, flag: 
             with torch.device("meta"):
                 models.build_model(model_name, num_classes=2, n_mels=n_mels, n_frames=n_frames,
                                    preset=preset, **trial)
+        except NotImplementedError:
+            pass            # an operation the meta device lacks: the real build will check
         except Exception as exc:  # noqa: BLE001 - any rejection by the factory is a bad option
             msg = (str(exc).strip().splitlines() or [type(exc).__name__])[-1][:200]
+            if "meta" in msg.lower():
+                return out  # a meta-device limitation, not a bad setting
             raise OptionError(f"{flag}: model '{model_name}' rejects these settings "
                               f"({type(exc).__name__}: {msg})") from None
     return out

@@ -203,6 +203,10 @@ def check_resumable(directory: str | os.PathLike, settings: dict) -> None:
         raise RunMismatch(f"{d} holds training outputs without {RUN_FILE} (an older version's run, or another "
                           f"tool's files), so it cannot be resumed safely; {_restart_hint(d)}")
     if rec.get("fingerprint") == fingerprint(settings):
+        import zipfile
+        last = d / "last.pt"
+        if last.exists() and not zipfile.is_zipfile(last):
+            raise RunMismatch(f"{last} is truncated or corrupt, so the run cannot resume; {_restart_hint(d)}")
         return
     old = rec.get("settings") or {}
     diff = differences(old, settings)
