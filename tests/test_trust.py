@@ -40,16 +40,21 @@ def test_rerun_with_other_settings_is_refused_then_restart(esc50_flac, tmp_path,
     before = (out / "best.safetensors").read_bytes()
     capsys.readouterr()
     # same weight shapes, so the old code silently resumed and relabelled the old weights
-    assert cli.main(_base(esc50_flac, "--out", str(out), "--config", "dropout=0.3")) == 2
+    assert cli.main(_base(esc50_flac, "--out", str(out), "--config", "dropout=0.5")) == 2
     err = _err_line(capsys)
     assert "holds another run" in err and "model_config.dropout" in err and "--restart" in err
     assert (out / "best.safetensors").read_bytes() == before            # nothing relabelled
-    # the same run resumes (finished: re-evaluated, same settings)
-    assert cli.main(_base(esc50_flac, "--out", str(out))) == 0
+    # the same run resumes (finished: re-evaluated, same settings); a default given explicitly,
+    # a runtime setting and another spelling of the data path are still the same run
+    rel = os.path.relpath(esc50_flac)
+    same = _base(esc50_flac, "--out", str(out), "--config", "dropout=0.3", "--eval-batch-size", "4", "--device", "cpu")
+    same[same.index("--data-dir") + 1] = rel
+    assert "dropout" not in models.get_spec("mlp").presets["tiny"]       # 0.3 is the factory default
+    assert cli.main(same) == 0
     capsys.readouterr()
-    assert cli.main(_base(esc50_flac, "--out", str(out), "--config", "dropout=0.3", "--restart")) == 0
-    assert read_meta(out / "best.safetensors")["model_config"]["dropout"] == 0.3
-    assert json.loads((out / "run.json").read_text())["settings"]["model_config"]["dropout"] == 0.3
+    assert cli.main(_base(esc50_flac, "--out", str(out), "--config", "dropout=0.5", "--restart")) == 0
+    assert read_meta(out / "best.safetensors")["model_config"]["dropout"] == 0.5
+    assert json.loads((out / "run.json").read_text())["settings"]["model_config"]["dropout"] == 0.5
 
 
 def test_a_failed_start_does_not_claim_the_directory(esc50_flac, tmp_path, capsys):

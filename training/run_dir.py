@@ -86,6 +86,7 @@ def run_settings(model_name: str, model_config: dict, train_config, data_spec) -
     if tc.get("distill_from"):
         tc["distill_from"] = [{"sha256": _content_hash(p)} for p in tc["distill_from"]]
     data = {k: v for k, v in _plain(data_spec.describe()).items() if k not in DATA_RUNTIME_FIELDS}
+    data["root"] = str(Path(data["root"]).resolve())
     data["feature_config"] = _plain(data_spec.feature_cfg().to_dict())
     from audio_utils import AugmentConfig
     data["augment_config"] = _plain(AugmentConfig.from_dict(data_spec.augment_config).to_dict()) \

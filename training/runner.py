@@ -33,7 +33,20 @@ def checked_model_config(model_name: str, preset: str | None, model_config: dict
 
     feat = data.feature_cfg()
     config = check_model(model_name, dict(model_config or {}), preset, n_mels=feat.n_mels, n_frames=feat.n_frames)
-    return config, models.resolve_config(model_name, preset, **config)
+    return config, {**factory_defaults(model_name), **models.resolve_config(model_name, preset, **config)}
+
+
+def factory_defaults(model_name: str) -> dict:
+    """Default values of a model factory's options (so that giving a default explicitly does
+    not make another run)."""
+    import inspect
+
+    factory = models.get_spec(model_name).factory
+    out = {}
+    for p in inspect.signature(factory).parameters.values():
+        if p.default is not inspect.Parameter.empty and p.name not in ("num_classes", "n_mels", "n_frames"):
+            out[p.name] = list(p.default) if isinstance(p.default, tuple) else p.default
+    return out
 
 
 def checked_data_spec(data: DataSpec, datasets=None) -> DataSpec:
