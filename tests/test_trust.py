@@ -98,17 +98,25 @@ def test_default_out_dirs_differ_between_experiments(esc50_flac, tmp_path, monke
 
 # ------------------------------------------------------------------ row 2: two processes on one --out
 def test_second_process_on_the_same_run_is_refused(esc50_flac, tmp_path, capsys):
+    import signal
+    import subprocess
+    import sys
+
     out = tmp_path / "run"
     out.mkdir()
-    (out / run_dir.LOCK_FILE).write_text("left by a killed process")    # a stale lock file is no lock
-    held = run_dir.RunLock(out).acquire()                                # a live holder is
+    holder = subprocess.Popen([sys.executable, "-c", "import sys, time; from training.run_dir import RunLock; "
+                               f"lock = RunLock({str(out)!r}).acquire(); print('locked', flush=True); time.sleep(120)"],
+                              cwd=REPO, stdout=subprocess.PIPE, text=True)
     try:
+        assert holder.stdout.readline().strip() == "locked"
         assert cli.main(_base(esc50_flac, "--out", str(out))) != 0
         assert "in use by another training process" in _err_line(capsys)
         assert not (out / "last.pt").exists()
     finally:
-        held.release()
-    assert cli.main(_base(esc50_flac, "--out", str(out))) == 0
+        holder.send_signal(signal.SIGKILL)          # dies without releasing: its lock file stays behind
+        holder.wait()
+    assert (out / run_dir.LOCK_FILE).exists()
+    assert cli.main(_base(esc50_flac, "--out", str(out))) == 0      # a dead holder's lock is no lock
 
 
 # ------------------------------------------------------------------ row 3: 'False' is truthy
