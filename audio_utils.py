@@ -582,14 +582,22 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
-def remove_stale_temps(directory: str | os.PathLike, pattern: str = "*.tmp*") -> list[Path]:
-    """Delete temp files ``*.tmp<PID>*`` left in ``directory`` by processes that no longer run."""
-    import re
+def remove_stale_temps(directory: str | os.PathLike, pattern: str = "*.tmp*", min_age_s: float = 600.0) -> list[Path]:
+    """Delete temp files ``*.tmp<PID>*`` left in ``directory`` by processes that no longer run.
 
-    removed = []
+    Only files older than ``min_age_s`` are touched: on a filesystem shared by several machines a
+    PID unknown here may belong to a live writer elsewhere, and a write takes seconds."""
+    import re
+    import time
+
+    removed, now = [], time.time()
     for p in Path(directory).glob(pattern):
         m = re.search(r"\.tmp(\d+)", p.name)
-        if m and int(m.group(1)) != os.getpid() and not _pid_alive(int(m.group(1))):
+        try:
+            old = now - p.stat().st_mtime > min_age_s
+        except OSError:
+            continue
+        if m and old and int(m.group(1)) != os.getpid() and not _pid_alive(int(m.group(1))):
             try:
                 p.unlink()
                 removed.append(p)

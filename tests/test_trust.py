@@ -207,6 +207,7 @@ def test_full_disk_is_one_line_naming_the_file_and_temps_are_cleaned(esc50_flac,
     out.mkdir()
     stale = out / ".last.pt.tmp999999999"
     stale.write_bytes(b"x" * 100)
+    os.utime(stale, (1e9, 1e9))                     # old, and its writer (no such PID) is gone
     real_save = torch.save
 
     def full_disk(obj, f, *a, **k):
@@ -255,8 +256,11 @@ def test_stale_cache_temp_files_are_removed(esc50_flac, tmp_path):
     files = sorted((esc50_flac / "audio").glob("*.flac"))[:2]
     stale = tmp_path / "abc.tmp999999999.npy"
     stale.write_bytes(b"x" * 1000)
+    recent = tmp_path / "def.tmp999999998.npy"      # maybe a live writer on another machine: kept
+    recent.write_bytes(b"x" * 1000)
+    os.utime(stale, (1e9, 1e9))
     au.cached_features(files, au.FeatureConfig(), tmp_path)
-    assert not stale.exists()
+    assert not stale.exists() and recent.exists()
 
 
 # ------------------------------------------------------------------ row 10: paths from checkpoint metadata

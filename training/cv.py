@@ -148,12 +148,13 @@ def run_folds(model_name: str, base_spec, cfg, out: str | Path, folds=ALL_FOLDS,
         d = fold_dir(out, fold)
         spec = _fold_spec(base_spec, fold)
         if resume and is_finished(out, fold):
+            from training import run_dir
+            from training.runner import checked_model_config
+            _, resolved = checked_model_config(model_name, preset, model_config, spec)
+            # a finished fold of another experiment is an error, never silently reused (checked on
+            # every rank: read-only, and all ranks must fail alike)
+            run_dir.check_resumable(d, run_dir.run_settings(model_name, resolved, cfg, spec))
             if dist.main:
-                from training import run_dir
-                from training.runner import checked_model_config
-                _, resolved = checked_model_config(model_name, preset, model_config, spec)
-                # a finished fold of another experiment is an error, never silently reused
-                run_dir.check_resumable(d, run_dir.run_settings(model_name, resolved, cfg, spec))
                 log(f"fold {fold}: finished earlier ({d / 'metrics.json'}), skipped")
             results[fold] = json.loads((d / "metrics.json").read_text())
             continue

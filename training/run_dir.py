@@ -155,7 +155,8 @@ class RunLock:
 
 
 def remove_stale_temps(directory: str | os.PathLike) -> list[Path]:
-    """Delete ``.*.tmp<PID>`` files in ``directory`` whose writer process no longer runs."""
+    """Delete ``.*.tmp<PID>`` files in ``directory`` whose writer process no longer runs (and
+    that are older than 10 minutes: see :func:`audio_utils.remove_stale_temps`)."""
     from audio_utils import remove_stale_temps as _remove
     return _remove(directory, ".*.tmp*")
 
