@@ -163,6 +163,13 @@ def test_duration_sets_n_frames(esc50_flac, tmp_path, capsys):
                           "--out", str(tmp_path / "bad"))) == 2
     assert "exceeds" in _err_line(capsys)
     assert au.FeatureConfig.derive({}, {}).n_frames == 155        # the ESC-50 default is consistent
+    # the same for Python callers (notebooks) of train_model with a partial feature config
+    from training.data import DataSpec
+    from training.runner import make_train_config, train_model
+    spec = DataSpec(root=str(esc50_flac), feature_config={"duration": 1.0}, augment=False, expansion=1)
+    cfg = make_train_config("mlp", epochs=1, batch_size=8, progress=False, threads=1)
+    train_model("mlp", spec, tmp_path / "py", cfg, preset="tiny")
+    assert read_meta(tmp_path / "py" / "best.safetensors")["feature_config"]["n_frames"] == 30
 
 
 # ------------------------------------------------------------------ row 6: non-positive sizes
