@@ -88,8 +88,47 @@ class FeatureConfig:
 
     @classmethod
     def from_dict(cls, d: dict) -> "FeatureConfig":
-        known = {k: v for k, v in d.items() if k in cls.__dataclass_fields__}
-        return cls(**known)
+        unknown = sorted(set(d) - set(cls.__dataclass_fields__))
+        if unknown:
+            raise ValueError(f"unknown feature option(s) {', '.join(unknown)}; "
+                             f"valid: {', '.join(cls.__dataclass_fields__)}")
+        return cls(**d)
+
+    # settings that determine how many frames a clip has; n_frames follows them unless given
+    FRAME_INPUTS = ("duration", "sample_rate", "hop_length", "n_fft")
+
+    @staticmethod
+    def frames_for(duration: float, sample_rate: int, hop_length: int, n_fft: int) -> int:
+        """Frames whose whole window lies inside a clip of ``duration`` seconds (155 for ESC-50)."""
+        n = int(round(duration * sample_rate))
+        return 1 + max(0, n - n_fft) // hop_length
+
+    @classmethod
+    def derive(cls, base: "dict | FeatureConfig | None", overrides: dict | None = None) -> "FeatureConfig":
+        """``base`` (a preset, a dict or nothing) updated by ``overrides``, with derived settings
+        following their inputs: changing ``duration``, ``sample_rate``, ``hop_length`` or ``n_fft``
+        without giving ``n_frames`` recomputes ``n_frames`` (:meth:`frames_for`). ``n_frames``
+        larger than the clip's STFT frames (the clip would be padded with silence) is an error.
+        """
+        merged = base.to_dict() if isinstance(base, FeatureConfig) else dict(base or {})
+        overrides = dict(overrides or {})
+        merged.update(overrides)
+        cfg = cls.from_dict(merged)
+        if "n_frames" not in overrides and any(k in overrides for k in cls.FRAME_INPUTS):
+            cfg = replace(cfg, n_frames=cls.frames_for(cfg.duration, cfg.sample_rate, cfg.hop_length, cfg.n_fft))
+        if cfg.n_frames > cfg.full_frames:
+            raise ValueError(f"n_frames={cfg.n_frames} exceeds the {cfg.full_frames} frames of a "
+                             f"{cfg.duration:g}-s clip at {cfg.sample_rate} Hz with hop {cfg.hop_length}; "
+                             f"drop n_frames to derive it ({cls.frames_for(cfg.duration, cfg.sample_rate, cfg.hop_length, cfg.n_fft)}) "
+                             "or give a consistent pair")
+        if cfg.win_length is not None and cfg.win_length > cfg.n_fft:
+            raise ValueError(f"win_length={cfg.win_length} exceeds n_fft={cfg.n_fft}")
+        nyquist = cfg.sample_rate / 2
+        if cfg.f_max is not None and not cfg.f_min < cfg.f_max <= nyquist:
+            raise ValueError(f"f_max={cfg.f_max} must lie in (f_min={cfg.f_min}, {nyquist:g}] Hz")
+        if cfg.f_min >= nyquist:
+            raise ValueError(f"f_min={cfg.f_min} must be below the Nyquist frequency {nyquist:g} Hz")
+        return cfg
 
 
 ESC50_FEATURES = FeatureConfig()
@@ -666,14 +705,108 @@ def _decode_for_cache(path: Path, cfg: FeatureConfig, min_seconds: float | None)
     return prepare_waveform(wave, cfg)
 
 
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OSError):
+        return True
+    return True
+
+
+def remove_stale_temps(directory: str | os.PathLike, pattern: str = "*.tmp*", min_age_s: float = 600.0) -> list[Path]:
+    """Delete temp files ``*.tmp<PID>*`` left in ``directory`` by processes that no longer run.
+
+    Only files older than ``min_age_s`` are touched: on a filesystem shared by several machines a
+    PID unknown here may belong to a live writer elsewhere, and a write takes seconds."""
+    import re
+    import time
+
+    removed, now = [], time.time()
+    for p in Path(directory).glob(pattern):
+        m = re.search(r"\.tmp(\d+)", p.name)
+        try:
+            old = now - p.stat().st_mtime > min_age_s
+        except OSError:
+            continue
+        if m and old and int(m.group(1)) != os.getpid() and not _pid_alive(int(m.group(1))):
+            try:
+                p.unlink()
+                removed.append(p)
+            except OSError:
+                pass
+    return removed
+
+
+def _checksum(arr: np.ndarray) -> str:
+    import zlib
+
+    crc = 0
+    flat = arr.reshape(-1)
+    step = 1 << 22
+    for s in range(0, flat.shape[0], step):
+        crc = zlib.crc32(np.ascontiguousarray(flat[s:s + step]).view(np.uint8), crc)
+    return f"{crc:08x}"
+
+
+def _cache_header(key: str, arr: np.ndarray) -> dict:
+    return {"key": key, "shape": list(arr.shape), "dtype": str(arr.dtype), "crc32": _checksum(arr)}
+
+
+def _load_verified_cache(target: Path, key: str, shape: tuple) -> np.ndarray | None:
+    """The cached array if its header (``<key>.json``: key, shape, dtype, checksum) matches the
+    file and the request and every value is finite; else ``None`` after a warning."""
+    import warnings
+
+    header_path = target.with_suffix(".json")
+    problem = None
+    try:
+        header = json.loads(header_path.read_text())
+        arr = np.load(target, mmap_mode="r")
+        if header.get("key") != key:
+            problem = "its header names another key"
+        elif tuple(header.get("shape", ())) != tuple(shape) or tuple(arr.shape) != tuple(shape):
+            problem = f"shape {tuple(arr.shape)} (header {tuple(header.get('shape', ()))}), expected {tuple(shape)}"
+        elif header.get("dtype") != "float32" or arr.dtype != np.float32:
+            problem = f"dtype {arr.dtype}, expected float32"
+        elif header.get("crc32") != _checksum(arr):
+            problem = "its data does not match the checksum in its header"
+        elif not np.isfinite(arr).all():
+            problem = "it holds non-finite values"
+        else:
+            return arr
+    except FileNotFoundError as exc:
+        problem = f"{Path(exc.filename).name if exc.filename else 'a file'} is missing"
+    except Exception as exc:  # noqa: BLE001 - 0-byte / truncated / garbled files
+        problem = f"unreadable ({type(exc).__name__}: {_short(exc)})"
+    warnings.warn(f"feature cache {target} rejected ({problem}); rebuilding it", stacklevel=3)
+    return None
+
+
+def _atomic_save(path: Path, write) -> None:
+    tmp = path.with_name(f"{path.stem}.tmp{os.getpid()}{path.suffix}")
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    except OSError as exc:
+        raise OSError(f"cannot write feature cache {path}: {exc.strerror or _short(exc)}") from None
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
 def cached_features(files: Sequence[str | os.PathLike], cfg: FeatureConfig, cache_dir: str | os.PathLike | None = None,
                     min_seconds: float | None = None, workers: int = 2, progress: bool = False,
                     batch: int = 64) -> np.ndarray:
     """Full-length log-mels ``[N, full_frames, n_mels]`` for ``files``, computed once and cached.
 
     The cache file is ``<cache_dir>/<key>.npy`` (``cache_dir`` defaults to ``$AUDIO_CACHE_DIR`` or
-    ``data/cache``), with ``key`` derived from the file list (names, sizes, mtimes) and ``cfg``;
-    it is written atomically and memory-mapped on later calls.
+    ``data/cache``), with ``key`` derived from the file list (names, sizes, mtimes) and ``cfg``,
+    plus a header ``<key>.json`` recording the key, shape, dtype and a CRC-32 of the data. Both are
+    written atomically; on later calls the file is memory-mapped if the header matches the file
+    and the request and every value is finite, and rebuilt with a warning otherwise. Temp files
+    of crashed writers are removed.
     """
     files = [Path(f) for f in files]
     for f in files:
@@ -681,15 +814,15 @@ def cached_features(files: Sequence[str | os.PathLike], cfg: FeatureConfig, cach
     cache_dir = Path(cache_dir or os.environ.get("AUDIO_CACHE_DIR") or DEFAULT_CACHE_DIR)
     key = _cache_key(files, cfg, extra=f"min{min_seconds}")
     target = cache_dir / f"{key}.npy"
+    shape = (len(files), cfg.full_frames, cfg.n_mels)
+    if cache_dir.is_dir():
+        remove_stale_temps(cache_dir)
     if target.exists():
-        try:
-            arr = np.load(target, mmap_mode="r")
-            if arr.shape == (len(files), cfg.full_frames, cfg.n_mels):
-                return arr
-        except (ValueError, OSError):
-            pass  # corrupt cache: rebuild
+        arr = _load_verified_cache(target, key, shape)
+        if arr is not None:
+            return arr
     cache_dir.mkdir(parents=True, exist_ok=True)
-    out = np.empty((len(files), cfg.full_frames, cfg.n_mels), dtype=np.float32)
+    out = np.empty(shape, dtype=np.float32)
     extractor = logmel_extractor(cfg)
     bar = None
     if progress:
@@ -708,9 +841,12 @@ def cached_features(files: Sequence[str | os.PathLike], cfg: FeatureConfig, cach
                 bar.update(n)
     if bar is not None:
         bar.close()
-    tmp = target.with_suffix(f".tmp{os.getpid()}.npy")
-    np.save(tmp, out)
-    os.replace(tmp, target)
+    if not np.isfinite(out).all():
+        raise AudioError(f"non-finite features computed for {cache_dir}/{key}.npy (check the audio files)")
+    header = _cache_header(key, out)
+    target.with_suffix(".json").unlink(missing_ok=True)    # no header may describe a half-replaced file
+    _atomic_save(target, lambda t: np.save(t, out))
+    _atomic_save(target.with_suffix(".json"), lambda t: t.write_text(json.dumps(header)))
     return np.load(target, mmap_mode="r")
 
 

@@ -66,9 +66,12 @@ def test_five_fold_cv_end_to_end_and_resume(esc50_flac, tmp_path, capsys):
     assert len(json.loads((out / "fold3" / "history.json").read_text())) == 1     # no extra epochs
     assert json.loads((out / "cv_results.json").read_text())["complete"]
 
-    # a finished fold trained with other settings is kept, with a warning
-    assert cv.main(_args(esc50_flac, out, "--folds", "2", "--lr", "0.1")) == 0
-    assert "other settings" in capsys.readouterr().err
+    # a finished fold trained with other settings is refused (one line), never reused or relabelled
+    before = (out / "fold2" / "best.safetensors").read_bytes()
+    assert cv.main(_args(esc50_flac, out, "--folds", "2", "--lr", "0.1")) == 2
+    err = capsys.readouterr().err.strip()
+    assert "holds another run" in err and "train.lr" in err and "--restart" in err and "\n" not in err
+    assert (out / "fold2" / "best.safetensors").read_bytes() == before
 
 
 def test_folds_as_separate_processes_then_summarise(esc50_flac, tmp_path, capsys):

@@ -26,17 +26,46 @@ class CheckpointError(ValueError):
     """A checkpoint that cannot be used; the message names the file and the reason."""
 
 
+class WriteError(OSError):
+    """A file that could not be written (disk full, permissions...); the message names it."""
+
+
 def atomic_write(path: str | os.PathLike, writer) -> None:
-    """Call ``writer(tmp_path)`` and move the result over ``path`` in one rename."""
+    """Call ``writer(tmp_path)`` and move the result over ``path`` in one rename.
+
+    The temp file ``.<name>.tmp<PID>`` lies in the same directory and is removed on failure, so
+    ``path`` holds either the old or the new content, never a partial one. Any failure to write
+    (a full disk shows up as ``OSError``, torch's ``inline_container.cc`` ``RuntimeError`` or a
+    ``SafetensorError``) becomes one :class:`WriteError` naming ``path``.
+    """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
         writer(str(tmp))
         os.replace(tmp, path)
+    except (OSError, RuntimeError, SafetensorError) as exc:
+        raise WriteError(f"cannot write {path}: {_write_reason(exc, path)}") from None
     finally:
-        if tmp.exists():
-            tmp.unlink()
+        try:
+            if tmp.exists():
+                tmp.unlink()
+        except OSError:
+            pass
+
+
+def _write_reason(exc: Exception, path: Path) -> str:
+    import errno
+    import shutil
+
+    if isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
+        return "no space left on device"
+    try:
+        if shutil.disk_usage(path.parent).free < 64 * 2 ** 20:
+            return f"the disk is full ({_short(exc)})"
+    except OSError:
+        pass
+    return (exc.strerror if isinstance(exc, OSError) and exc.strerror else _short(exc))
 
 
 def save_checkpoint(path: str | os.PathLike, model: torch.nn.Module, meta: dict[str, Any]) -> Path:

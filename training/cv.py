@@ -17,8 +17,11 @@ separate machines sharing the output directory, then be collected::
     python -m training.cv --out runs/cv_mlp --summarise                        # collect, no training
     torchrun --nproc_per_node=4 -m training.distributed cv --model vjepa2 --preset gpu --device cuda ...
 
-Every model, data and training flag of ``train.py`` is accepted (same parser), except the fold
-flags, which the runner sets itself.
+Every model, data and training flag of ``train.py`` is accepted (same parser, ``--recipe``
+included), except the fold flags, which the runner sets itself. Each fold directory is a run
+directory (training/run_dir.py): a fold finished or started with other settings is refused (one
+line naming the differences) rather than reused; ``--restart`` retrains it. The default output
+directory carries a hash of the settings, so two experiments never share one.
 """
 from __future__ import annotations
 
@@ -27,15 +30,13 @@ import csv
 import json
 import math
 import sys
-from dataclasses import asdict, replace
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 
 ALL_FOLDS = (1, 2, 3, 4, 5)
 FOLD_FLAGS = ("train_folds", "val_folds", "test_folds")
-# TrainConfig fields that do not change the result; ignored when checking a finished fold's config
-_RUNTIME_FIELDS = {"progress", "threads", "device", "eval_batch_size", "compile"}
 TABLE_COLUMNS = ("fold", "val_fold", "test_acc", "test_macro_f1", "val_acc", "best_epoch", "epochs_run",
                  "n_test", "mean_epoch_time_s")
 
@@ -61,27 +62,31 @@ def is_finished(out: str | Path, fold: int) -> bool:
 # CLI
 # --------------------------------------------------------------------------------------------
 def build_parser() -> argparse.ArgumentParser:
-    """``train.py``'s parser (model, data and training flags) plus the CV flags."""
-    import train as train_cli
+    """The train CLI's parser (model, data and training flags) plus the CV flags."""
+    from training import cli
 
-    p = train_cli.build_parser()
+    p = cli.build_parser()
     p.description = __doc__
     p.prog = "python -m training.cv"
     for action in p._actions:
         if action.dest in FOLD_FLAGS:           # chosen per fold by the runner
             action.help, action.default = argparse.SUPPRESS, None
         elif action.dest == "model":
-            action.required = False            # not needed by --summarise
+            action.help = "model to train (required, except with --summarise)"
         elif action.dest == "out":
-            action.help = "output directory, one fold<k>/ per fold (default runs/cv_<model>)"
+            action.help = ("output directory, one fold<k>/ per fold (default: runs/cv_<model>-<8-digit hash of the "
+                           "settings>)")
+        elif action.dest == "restart":
+            action.help = "retrain the requested folds from scratch even if finished or interrupted (default: off)"
         elif action.dest == "no_resume":
-            action.help = "retrain the requested folds from scratch even if finished or interrupted"
+            action.help = "the same as --restart (default: off)"
     c = p.add_argument_group("cross-validation")
-    c.add_argument("--folds", type=train_cli.int_list, default=ALL_FOLDS,
-                   help="test folds to train (default 1,2,3,4,5); run folds as separate processes with "
+    c.add_argument("--folds", type=cli.int_list, default=ALL_FOLDS,
+                   help="test folds to train (default: 1,2,3,4,5); run folds as separate processes with "
                         "--folds 1, --folds 2, ... and collect with --summarise")
-    c.add_argument("--summarise", "--summarize", action="store_true",
-                   help="only collect the finished folds of --out into cv_results.json/.csv; no training")
+    c.add_argument("--summarise", "--summarize", action="store_true", default=False,
+                   help="only collect the finished folds of --out into cv_results.json/.csv; no training "
+                        "(default: off)")
     return p
 
 
@@ -97,34 +102,30 @@ def _validate(args, parser: argparse.ArgumentParser) -> None:
             parser.error("--model is required (except with --summarise)")
         if args.dataset != "esc50":
             parser.error("cross-validation uses the five official ESC-50 folds (--dataset esc50)")
-    if args.out is None and not args.model:
-        parser.error("--summarise needs --out (or --model for the default runs/cv_<model>)")
+    if args.summarise and args.out is None:
+        parser.error("--summarise needs --out (the CV directory, runs/cv_<model>-<hash>)")
 
 
 # --------------------------------------------------------------------------------------------
 # Training
 # --------------------------------------------------------------------------------------------
-def _comparable(train_config: dict) -> dict:
-    return {k: v for k, v in train_config.items() if k not in _RUNTIME_FIELDS}
+def _fold_spec(base_spec, fold: int):
+    train_f, val_f, test_f = fold_split(fold)
+    return replace(base_spec, train_folds=train_f, val_folds=val_f, test_folds=test_f)
 
 
-def _check_finished_config(out: Path, fold: int, cfg_dict: dict, model: str, preset) -> None:
-    """Warn when a finished fold was trained with other settings than the current command."""
-    try:
-        from training.checkpoint import read_meta
-        meta = read_meta(fold_dir(out, fold) / "best.safetensors")
-    except Exception:        # noqa: BLE001 - a missing/old checkpoint only skips the check
-        return
-    old = _comparable(meta.get("train_config") or {})
-    new = _comparable(cfg_dict)
-    diff = sorted(k for k in new if k in old and old[k] != new[k])
-    if meta.get("model_name") not in (None, model):
-        diff.insert(0, f"model ({meta.get('model_name')} vs {model})")
-    if (meta.get("preset") or None) != (preset or None):
-        diff.append(f"preset ({meta.get('preset')} vs {preset})")
-    if diff:
-        print(f"warning: fold {fold} was finished with other settings ({', '.join(map(str, diff))}); "
-              f"it is kept as is (use --no-resume --folds {fold} to retrain it)", file=sys.stderr)
+def cv_settings(model_name: str, base_spec, cfg, preset=None, model_config=None) -> dict:
+    """The settings of a whole CV experiment (fold 1's run settings without the fold split):
+    its default output directory is named after their hash."""
+    from training import run_dir
+    from training.runner import checked_model_config
+
+    spec = _fold_spec(base_spec, ALL_FOLDS[0])
+    _, resolved = checked_model_config(model_name, preset, model_config, spec)
+    settings = run_dir.run_settings(model_name, resolved, cfg, spec)
+    for k in FOLD_FLAGS:
+        settings["data"].pop(k, None)
+    return settings
 
 
 def run_folds(model_name: str, base_spec, cfg, out: str | Path, folds=ALL_FOLDS, preset: str | None = None,
@@ -145,16 +146,21 @@ def run_folds(model_name: str, base_spec, cfg, out: str | Path, folds=ALL_FOLDS,
     for fold in folds:
         train_f, val_f, test_f = fold_split(fold)
         d = fold_dir(out, fold)
+        spec = _fold_spec(base_spec, fold)
         if resume and is_finished(out, fold):
+            from training import run_dir
+            from training.runner import checked_model_config
+            _, resolved = checked_model_config(model_name, preset, model_config, spec)
+            # a finished fold of another experiment is an error, never silently reused (checked on
+            # every rank: read-only, and all ranks must fail alike)
+            run_dir.check_resumable(d, run_dir.run_settings(model_name, resolved, cfg, spec))
             if dist.main:
-                _check_finished_config(out, fold, asdict(cfg), model_name, preset)
                 log(f"fold {fold}: finished earlier ({d / 'metrics.json'}), skipped")
             results[fold] = json.loads((d / "metrics.json").read_text())
             continue
         if dist.main:
             state = "resuming" if resume and (d / "last.pt").exists() else "training"
             log(f"fold {fold}: {state}, train folds {list(train_f)}, val fold {val_f[0]}, test fold {fold} -> {d}")
-        spec = replace(base_spec, train_folds=train_f, val_folds=val_f, test_folds=test_f)
         meta = dict(extra_meta or {})
         meta["cv"] = {"fold": fold, "folds": list(ALL_FOLDS), "train_folds": list(train_f), "val_fold": val_f[0]}
         results[fold] = train_model(model_name, spec, d, cfg, preset=preset, model_config=model_config,
@@ -246,21 +252,27 @@ def format_table(summary: dict) -> str:
 
 # --------------------------------------------------------------------------------------------
 def main(argv=None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    _validate(args, parser)
-    out = Path(args.out or f"runs/cv_{args.model}")
+    from training import cli
     from training.engine import DistInfo
-    import train as train_cli
+
+    argv = list(sys.argv[1:] if argv is None else argv)
 
     def body() -> int:
+        parser = build_parser()
+        args = cli.parse_args(argv, build_parser, require_model=False)
+        _validate(args, parser)
+        out = Path(args.out) if args.out else None
         if not args.summarise:
             args.train_folds, args.val_folds, args.test_folds = fold_split(args.folds[0])  # replaced per fold
-            cfg = train_cli.train_config_from_args(args)
-            spec = train_cli.data_spec_from_args(args)
-            run_folds(args.model, spec, cfg, out, args.folds, preset=args.preset,
-                      model_config=train_cli.parse_kv(args.config, "--config"), resume=not args.no_resume,
-                      extra_meta={"cli": sys.argv[1:] if argv is None else list(argv)})
+            cfg = cli.train_config_from_args(args)
+            spec = cli.data_spec_from_args(args)
+            model_config = cli.model_config_from_args(args)
+            if out is None:
+                out = cli.default_out("cv_", args.model, cv_settings(args.model, spec, cfg, args.preset, model_config))
+            run_folds(args.model, spec, cfg, out, args.folds, preset=args.preset, model_config=model_config,
+                      resume=not (args.restart or args.no_resume), extra_meta={"cli": argv})
+        elif out is None:
+            raise cli.OptionError("--summarise needs --out (the CV directory, runs/cv_<model>-<hash>)")
         if not DistInfo.current().main:
             return 0
         summary = summarise(out)
@@ -270,7 +282,8 @@ def main(argv=None) -> int:
         print(f"results: {out / 'cv_results.json'} and {out / 'cv_results.csv'}")
         return 0
 
-    return train_cli.run_cli(body, "interrupted: rerun the same command to resume (finished folds are kept)")
+    return cli.run_cli(body, "interrupted: rerun the same command to resume (finished folds are kept)",
+                       debug=cli._debug_flag(argv))
 
 
 if __name__ == "__main__":

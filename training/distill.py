@@ -12,10 +12,12 @@ Two modes (``TrainConfig.distill_mode``):
   are computed once; a view takes its clip's target and mixup mixes the targets with the same
   ``lam``. Free per step, so an ensemble teacher costs no more than a single one.
 
-A teacher must not have seen the student's held-out data: :func:`check_teacher_split` refuses a
-teacher that trained on the student's validation or test split, or selected its epoch on the
-test split (ESC-50 folds; for folder datasets the split settings must be identical), and one
-whose classes or features differ. Teachers normalised with other statistics get their inputs
+A teacher must not have seen the student's held-out data: :func:`training.provenance.check_lineage`
+refuses a teacher that trained on the student's validation or test clips, or selected its epoch
+on the test clips, and so does it for the teacher's own teachers and pretrained encoders,
+recursively (by clip names where recorded, else ESC-50 folds; for folder datasets without clip
+lists the split settings must be identical); teachers whose classes or features differ are
+refused too. Teachers normalised with other statistics get their inputs
 re-normalised.
 """
 from __future__ import annotations
@@ -27,29 +29,12 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-# folder-dataset settings that define the split: equal values give the same train/val/test clips
-_FOLDER_SPLIT_KEYS = ("classes", "merge", "fractions", "split_seed", "group_pattern", "one_vs_rest")
-
-
 def check_teacher_split(teacher: dict, student: dict, name: str) -> None:
     """Raise ``ValueError`` unless the teacher (dataset description ``teacher``) trained only on the
-    student's training data and selected its epoch on training or validation data, never on test."""
-    if teacher.get("kind") != student.get("kind"):
-        raise ValueError(f"teacher {name} was trained on a {teacher.get('kind')} dataset, "
-                         f"the student on {student.get('kind')}")
-    if student.get("kind") == "esc50":
-        # the teacher may select its epoch on the student's validation folds (the student selects
-        # there too), but it must never have trained on them, nor touched the test folds at all
-        test, val = set(student["test_folds"]), set(student["val_folds"])
-        bad = (set(teacher["train_folds"]) & (test | val)) | (set(teacher["val_folds"]) & test)
-        if bad:
-            raise ValueError(f"teacher {name} trained or selected on folds {sorted(bad)}, "
-                             f"which the student holds out (val {student['val_folds']}, test {student['test_folds']})")
-    else:
-        diff = [k for k in _FOLDER_SPLIT_KEYS if teacher.get(k) != student.get(k)]
-        if diff:
-            raise ValueError(f"teacher {name} used another split of the folder dataset (differs in: "
-                             f"{', '.join(diff)}); its held-out clips could be the student's training clips")
+    student's training data and selected its epoch on training or validation data, never on test
+    (:func:`training.provenance.check_split`; by clip names where both record them)."""
+    from training.provenance import check_split
+    check_split(teacher, student, name, "teacher")
 
 
 class Teacher(nn.Module):
@@ -101,6 +86,7 @@ class Teacher(nn.Module):
         """Load ``paths`` (safetensors checkpoints) as a teacher for a student trained on
         ``train_ds`` (normalisation already set) with dataset description ``dataset``."""
         from training.checkpoint import build_from_checkpoint
+        from training.provenance import check_lineage
 
         if train_ds.normalization is None:
             raise ValueError("set the student's normalisation before building its teacher")
@@ -109,7 +95,7 @@ class Teacher(nn.Module):
         for p in paths:
             model, meta = build_from_checkpoint(p)
             name = Path(p).name
-            check_teacher_split(meta.get("dataset") or {}, dataset, name)
+            check_lineage(meta, dataset, name, "teacher")   # the teacher and, recursively, its sources
             if list(meta.get("class_names") or []) != list(train_ds.class_names):
                 raise ValueError(f"teacher {name} has other classes than the student")
             if meta.get("feature_config") != train_ds.feature_cfg.to_dict():

@@ -18,8 +18,8 @@ Cross-validation instead of a single run: put ``cv`` first, then ``training.cv``
 
 The arguments are exactly ``train.py``'s (or ``training.cv``'s). This module initialises the
 process group (NCCL when training on CUDA, gloo on CPU; ``DIST_BACKEND`` overrides), binds each
-process to GPU ``LOCAL_RANK``, runs ``train.main`` / ``training.cv.main``, and destroys the group.
-``--batch-size`` stays the *global* batch: each rank takes ``batch_size / world`` items of it, so
+process to GPU ``LOCAL_RANK``, runs ``training.cli.main`` (train.py) / ``training.cv.main``, and destroys the group.
+Only rank 0 locks and checks the run directory (training/run_dir.py). ``--batch-size`` stays the *global* batch: each rank takes ``batch_size / world`` items of it, so
 a run on N GPUs follows the same optimisation as a single-process run. Only rank 0 prints
 results and writes files (other ranks' stdout is silenced unless ``DIST_ALL_STDOUT=1``). Run
 without torchrun (no ``WORLD_SIZE`` in the environment) it simply trains in one process.
@@ -76,8 +76,8 @@ def _entry(argv: list[str]):
     if argv and argv[0] == "cv":
         from training import cv
         return cv.main, argv[1:]
-    import train
-    return train.main, argv
+    from training import cli
+    return cli.main, argv
 
 
 def main(argv: list[str] | None = None) -> int:

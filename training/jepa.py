@@ -37,7 +37,6 @@ writes ``OUT/encoder.safetensors`` (the EMA target encoder, with its config as m
 from __future__ import annotations
 
 import argparse
-import ast
 import copy
 import json
 import math
@@ -251,9 +250,11 @@ def _optim_and_sched(module: nn.Module, lr: float, wd: float, total: int, warmup
 def pretrain(jepa: JEPA, loader, epochs: int, lr: float = 5e-4, weight_decay: float = 0.05,
              warmup_frac: float = 0.05, ema: tuple[float, float] = (0.996, 1.0), grad_clip: float = 1.0,
              max_steps: int | None = None, device: str = "cpu", out_dir: str | None = None,
-             export: str = "target", log=print, seed: int = 0, amp: bool = False) -> list[dict]:
+             export: str = "target", log=print, seed: int = 0, amp: bool = False,
+             meta: dict | None = None) -> list[dict]:
     """Run JEPA pretraining; returns per-epoch metrics. Writes ``out_dir/encoder.safetensors`` after
-    each epoch when ``out_dir`` is given."""
+    each epoch when ``out_dir`` is given (atomically; ``meta``, e.g. the dataset description and
+    provenance, is stored in its metadata)."""
     steps_per_epoch = len(loader) if max_steps is None else min(len(loader), max_steps)
     total = max(1, steps_per_epoch * epochs)
     opt, sched = _optim_and_sched(jepa.trainable(), lr, weight_decay, total, int(warmup_frac * total))
@@ -285,7 +286,9 @@ def pretrain(jepa: JEPA, loader, epochs: int, lr: float = 5e-4, weight_decay: fl
         log(json.dumps(rec))
         if out_dir:
             enc = jepa.target_encoder if export == "target" else jepa.encoder
-            save_encoder(enc, os.path.join(out_dir, "encoder.safetensors"), epoch=epoch + 1, export=export)
+            from training.checkpoint import atomic_write
+            atomic_write(os.path.join(out_dir, "encoder.safetensors"),
+                         lambda t: save_encoder(enc, t, epoch=epoch + 1, export=export, **(meta or {})))
     return history
 
 
@@ -307,20 +310,6 @@ class ClipBatches:
             yield self.ds.get_batch(order[s:s + self.batch_size], self.aug_gen)
 
 
-def _parse_config(items: list[str]) -> dict:
-    out = {}
-    for it in items or []:
-        k, _, v = it.partition("=")   # JSON values as in train.py --config (also Python literals)
-        try:
-            out[k] = json.loads(v)
-        except json.JSONDecodeError:
-            try:
-                out[k] = ast.literal_eval(v)
-            except (ValueError, SyntaxError):
-                out[k] = v
-    return out
-
-
 def build_jepa(n_frames: int, n_mels: int, preset: str | None = None, config: dict | None = None,
                pred: dict | None = None, mask_cfg: MaskConfig | None = None) -> tuple[JEPA, dict]:
     """Build the encoder exactly as ``models.build_model('vjepa2', preset, **config)`` would, and
@@ -335,78 +324,164 @@ def build_jepa(n_frames: int, n_mels: int, preset: str | None = None, config: di
     return JEPA(model.encoder, mask_cfg=mask_cfg, **p), {**model.model_config, **p}
 
 
-def main(argv=None):
-    ap = argparse.ArgumentParser(prog="python -m training.jepa", description=__doc__.split("\n\n")[0],
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--data-dir", required=True, help="ESC-50 root (with audio/ and meta/)")
-    ap.add_argument("--out", default="runs/vjepa2_jepa", help="output dir (encoder.safetensors, metrics.json)")
-    ap.add_argument("--folds", type=int, nargs="+", default=[1, 2, 3], help="unlabelled training folds")
-    ap.add_argument("--epochs", type=int, default=20)
-    ap.add_argument("--batch-size", type=int, default=32)
-    ap.add_argument("--lr", type=float, default=5e-4)
-    ap.add_argument("--weight-decay", type=float, default=0.05)
-    ap.add_argument("--warmup-frac", type=float, default=0.05)
-    ap.add_argument("--grad-clip", type=float, default=1.0)
-    ap.add_argument("--ema", type=float, nargs=2, default=(0.996, 1.0), metavar=("START", "END"))
-    ap.add_argument("--preset", default=None, help="vjepa2 model preset (tiny/small/gpu); default CPU config")
-    ap.add_argument("--config", action="append", default=[], metavar="KEY=VALUE",
-                    help="vjepa2 model overrides, same as train.py --config (encoder keys must match at fine-tune)")
-    ap.add_argument("--drop-path", type=float, default=0.0, help="drop path of the context encoder while pretraining")
-    ap.add_argument("--pred-dim", type=int, default=None)
-    ap.add_argument("--pred-depth", type=int, default=None)
-    ap.add_argument("--pred-heads", type=int, default=None)
-    ap.add_argument("--context-ratio", type=float, nargs=2, default=(0.25, 0.5), metavar=("MIN", "MAX"))
-    ap.add_argument("--augment", action="store_true", help="use the dataset's training augmentation")
-    ap.add_argument("--export", choices=["target", "context"], default="target",
-                    help="which encoder to write (V-JEPA uses the EMA target)")
-    ap.add_argument("--max-steps", type=int, default=None, help="cap steps per epoch (smoke tests)")
-    ap.add_argument("--threads", type=int, default=None, help="torch.set_num_threads")
-    ap.add_argument("--cache-dir", default=None, help="feature cache directory (default data/cache)")
-    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    ap.add_argument("--amp", action="store_true", help="bf16 autocast on CUDA")
-    ap.add_argument("--seed", type=int, default=0)
-    args = ap.parse_args(argv)
+def build_parser() -> argparse.ArgumentParser:
+    from training.cli import OneLineParser
 
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    torch.manual_seed(args.seed)
+    ap = OneLineParser(prog="python -m training.jepa", description=__doc__.split("\n\n")[0],
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--data-dir", required=True, help="ESC-50 root, with audio/ and meta/ (required)")
+    ap.add_argument("--out", default=None,
+                    help="output directory for encoder.safetensors and metrics.json "
+                         "(default: runs/vjepa2_jepa-folds<folds>-<8-digit hash of the settings>)")
+    ap.add_argument("--folds", type=int, nargs="+", default=[1, 2, 3],
+                    help="unlabelled training folds; recorded in the encoder, and fine-tuning refuses an "
+                         "encoder that saw its validation or test clips (default: 1 2 3)")
+    ap.add_argument("--epochs", type=int, default=20, help="pretraining epochs (default: 20)")
+    ap.add_argument("--batch-size", type=int, default=32, help="clips per step (default: 32)")
+    ap.add_argument("--lr", type=float, default=5e-4, help="peak learning rate, AdamW (default: 5e-4)")
+    ap.add_argument("--weight-decay", type=float, default=0.05, help="AdamW weight decay (default: 0.05)")
+    ap.add_argument("--warmup-frac", type=float, default=0.05, help="fraction of steps in warm-up (default: 0.05)")
+    ap.add_argument("--grad-clip", type=float, default=1.0, help="gradient-norm clipping, 0: off (default: 1.0)")
+    ap.add_argument("--ema", type=float, nargs=2, default=(0.996, 1.0), metavar=("START", "END"),
+                    help="EMA momentum of the target encoder, ramped from START to END (default: 0.996 1.0)")
+    ap.add_argument("--preset", default=None, help="vjepa2 model preset: tiny, small, gpu (default: the CPU config)")
+    ap.add_argument("--config", action="append", default=[], metavar="KEY=VALUE",
+                    help="vjepa2 model option, as train.py --config (strictly checked; encoder keys must match at "
+                         "fine-tune) (default: none)")
+    ap.add_argument("--drop-path", type=float, default=0.0,
+                    help="drop path of the context encoder while pretraining (default: 0.0)")
+    ap.add_argument("--pred-dim", type=int, default=None, help="predictor width (default: per preset, PRED_PRESETS)")
+    ap.add_argument("--pred-depth", type=int, default=None, help="predictor blocks (default: per preset)")
+    ap.add_argument("--pred-heads", type=int, default=None, help="predictor heads (default: per preset)")
+    ap.add_argument("--context-ratio", type=float, nargs=2, default=(0.25, 0.5), metavar=("MIN", "MAX"),
+                    help="fraction of tokens in the context, drawn per batch in [MIN, MAX] (default: 0.25 0.5)")
+    ap.add_argument("--augment", action="store_true", default=False,
+                    help="use the dataset's training augmentation (default: off)")
+    ap.add_argument("--export", choices=["target", "context"], default="target",
+                    help="which encoder to write; V-JEPA uses the EMA target (default: target)")
+    ap.add_argument("--max-steps", type=int, default=None, help="cap steps per epoch, for smoke tests (default: none)")
+    ap.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    ap.add_argument("--cache-dir", default=None, help="feature cache directory (default: $AUDIO_CACHE_DIR or data/cache)")
+    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
+                    help="cpu, cuda or cuda:N (default: cuda if available, else cpu)")
+    ap.add_argument("--amp", action="store_true", default=False, help="bf16 autocast on CUDA (default: off)")
+    ap.add_argument("--seed", type=int, default=0, help="seed of initialisation, masks and order (default: 0)")
+    ap.add_argument("--debug", action="store_true", default=False,
+                    help="show the full traceback of an error instead of one line (default: off)")
+    return ap
+
+
+def _check_args(args, ap) -> None:
+    from training.options import check_range
+    for name in ("epochs", "batch_size", "lr", "weight_decay", "grad_clip", "threads", "seed"):
+        try:
+            check_range(name, getattr(args, name), "--")
+        except ValueError as exc:
+            ap.error(str(exc).replace("_", "-"))
+    for name in ("pred_dim", "pred_depth", "pred_heads", "max_steps"):
+        v = getattr(args, name)
+        if v is not None and v < 1:
+            ap.error(f"--{name.replace('_', '-')} must be an integer >= 1, got {v}")
+    if not 0 <= args.warmup_frac < 1:
+        ap.error(f"--warmup-frac must be in [0, 1), got {args.warmup_frac}")
+    if not all(0 <= m <= 1 for m in args.ema) or args.ema[0] > args.ema[1]:
+        ap.error(f"--ema must be START <= END in [0, 1], got {list(args.ema)}")
+    lo, hi = args.context_ratio
+    if not 0 < lo <= hi < 1:
+        ap.error(f"--context-ratio must satisfy 0 < MIN <= MAX < 1, got {lo} {hi}")
+    if not 0 <= args.drop_path < 1:
+        ap.error(f"--drop-path must be in [0, 1), got {args.drop_path}")
     if 5 in args.folds:
         ap.error("fold 5 is the test fold; it must never be used for pretraining")
-    if 4 in args.folds:
-        warnings.warn("fold 4 is the validation fold; pretraining on it leaks into model selection")
+    if not args.folds or any(f not in (1, 2, 3, 4, 5) for f in args.folds):
+        ap.error(f"--folds must be among 1..5, got {args.folds}")
 
-    from audio_utils import ESC50Dataset
 
-    ds = ESC50Dataset(args.data_dir, folds=args.folds, mode="sequence", augment=args.augment, expansion=1,
-                      cache_dir=args.cache_dir)
-    # normalisation from the pretraining clips = the fine-tuning training split (folds 1-3), which is
-    # what the engine computes for train.py, so the encoder sees identically normalised inputs
-    ds.set_normalization(*ds.compute_normalization())
-    n_frames, n_mels = ds.feature_cfg.n_frames, ds.feature_cfg.n_mels
-    config = _parse_config(args.config)
-    config["drop_path"] = args.drop_path
-    pred = {k: v for k, v in dict(pred_dim=args.pred_dim, pred_depth=args.pred_depth,
-                                  pred_heads=args.pred_heads).items() if v is not None}
-    mask_cfg = MaskConfig(context_ratio=tuple(args.context_ratio))
-    jepa, resolved = build_jepa(n_frames, n_mels, args.preset, config, pred, mask_cfg)
-    loader = ClipBatches(ds, args.batch_size, seed=args.seed)
-    os.makedirs(args.out, exist_ok=True)
-    n_params = sum(p.numel() for p in jepa.trainable().parameters())
-    print(f"JEPA pretraining: {len(ds)} clips (folds {args.folds}), grid {jepa.encoder.grid}, "
-          f"{n_params / 1e6:.2f} M trainable params, {len(loader)} steps/epoch", flush=True)
-    t0 = time.perf_counter()
-    hist = pretrain(jepa, loader, args.epochs, args.lr, args.weight_decay, args.warmup_frac, tuple(args.ema),
-                    args.grad_clip, args.max_steps, args.device, args.out, args.export,
-                    log=lambda s: print(s, flush=True), seed=args.seed, amp=args.amp)
-    summary = {"args": vars(args), "normalization": {"mean": ds.normalization[0].tolist(),
-                                                       "std": ds.normalization[1].tolist()}, "model_config": resolved, "mask": asdict(MaskConfig(context_ratio=tuple(args.context_ratio))),
-               "n_clips": len(ds), "trainable_params": n_params, "total_time_s": time.perf_counter() - t0,
-               "history": hist, "encoder": os.path.join(args.out, "encoder.safetensors")}
-    with open(os.path.join(args.out, "metrics.json"), "w") as f:
-        json.dump(summary, f, indent=1)
-    print(f"wrote {summary['encoder']} ({summary['total_time_s']:.1f} s)")
-    return summary
+def encoder_dataset(data_dir, folds, ds) -> dict:
+    """The dataset description an encoder records (like a checkpoint's; its clips are recorded
+    beside it): the pretraining clips are its training split; it has no validation or test split."""
+    from pathlib import Path
+
+    return {"kind": "esc50", "root": str(Path(data_dir).resolve()), "train_folds": sorted(set(folds)),
+            "val_folds": [], "test_folds": [], "feature_config": ds.feature_cfg.to_dict()}
+
+
+def main(argv=None):
+    """``python -m training.jepa``: returns the exit status (0, or 2 with a one-line error)."""
+    from training.cli import _debug_flag, run_cli
+
+    argv = list(sys.argv[1:] if argv is None else argv)
+
+    def body() -> int:
+        ap = build_parser()
+        args = ap.parse_args(argv)
+        _check_args(args, ap)
+        from training.options import check_model, parse_pairs
+
+        if args.threads:
+            torch.set_num_threads(args.threads)
+        torch.manual_seed(args.seed)
+        if 4 in args.folds:
+            warnings.warn("fold 4 is the validation fold; pretraining on it leaks into model selection "
+                          "(fine-tuning with fold 4 as validation or test will refuse this encoder)")
+        config = check_model("vjepa2", parse_pairs(args.config, "--config"), args.preset)
+        if config.get("init_from"):
+            raise ValueError("--config init_from: JEPA pretraining starts from random weights")
+        config["drop_path"] = args.drop_path
+        pred = {k: v for k, v in dict(pred_dim=args.pred_dim, pred_depth=args.pred_depth,
+                                      pred_heads=args.pred_heads).items() if v is not None}
+        if args.out is None:
+            from training.run_dir import short_hash
+            settings = {k: v for k, v in vars(args).items() if k not in ("out", "threads", "device", "debug",
+                                                                          "cache_dir", "data_dir")}
+            settings["config"] = config
+            folds = "".join(map(str, sorted(set(args.folds))))
+            args.out = os.path.join("runs", f"vjepa2_jepa-folds{folds}-{short_hash(settings)}")
+
+        from audio_utils import ESC50Dataset
+
+        ds = ESC50Dataset(args.data_dir, folds=args.folds, mode="sequence", augment=args.augment, expansion=1,
+                          cache_dir=args.cache_dir)
+        # normalisation from the pretraining clips = the fine-tuning training split (folds 1-3), which is
+        # what the engine computes for train.py, so the encoder sees identically normalised inputs
+        ds.set_normalization(*ds.compute_normalization())
+        n_frames, n_mels = ds.feature_cfg.n_frames, ds.feature_cfg.n_mels
+        mask_cfg = MaskConfig(context_ratio=tuple(args.context_ratio))
+        jepa, resolved = build_jepa(n_frames, n_mels, args.preset, config, pred, mask_cfg)
+        loader = ClipBatches(ds, args.batch_size, seed=args.seed)
+        os.makedirs(args.out, exist_ok=True)
+        from training.run_dir import RunLock
+        lock = RunLock(args.out).acquire()          # one pretraining process per output directory
+        try:
+            n_params = sum(p.numel() for p in jepa.trainable().parameters())
+            print(f"JEPA pretraining: {len(ds)} clips (folds {args.folds}), grid {jepa.encoder.grid}, "
+                  f"{n_params / 1e6:.2f} M trainable params, {len(loader)} steps/epoch", flush=True)
+            from training.provenance import dataset_clips
+            dataset = encoder_dataset(args.data_dir, args.folds, ds)
+            provenance = {"teachers": [], "init_from": None}
+            t0 = time.perf_counter()
+            hist = pretrain(jepa, loader, args.epochs, args.lr, args.weight_decay, args.warmup_frac, tuple(args.ema),
+                            args.grad_clip, args.max_steps, args.device, args.out, args.export,
+                            log=lambda s: print(s, flush=True), seed=args.seed, amp=args.amp,
+                            meta={"dataset": dataset, "clips": dataset_clips(ds), "provenance": provenance})
+            summary = {"args": vars(args), "normalization": {"mean": ds.normalization[0].tolist(),
+                                                               "std": ds.normalization[1].tolist()},
+                       "model_config": resolved, "mask": asdict(mask_cfg),
+                       "dataset": dataset,
+                       "n_clips": len(ds), "trainable_params": n_params, "total_time_s": time.perf_counter() - t0,
+                       "history": hist, "encoder": os.path.join(args.out, "encoder.safetensors")}
+            from pathlib import Path
+
+            from training.checkpoint import atomic_write
+            atomic_write(os.path.join(args.out, "metrics.json"),
+                         lambda t: Path(t).write_text(json.dumps(summary, indent=1, default=str)))
+        finally:
+            lock.release()
+        print(f"wrote {summary['encoder']} ({summary['total_time_s']:.1f} s)")
+        return 0
+
+    return run_cli(body, "interrupted", debug=_debug_flag(argv))
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())
