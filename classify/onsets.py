@@ -10,7 +10,7 @@ Detection (:class:`OnsetDetector`)
     ``onset.onset_strength``: band power in dB, positive differences between consecutive frames,
     mean over bands), with frames that end at the newest sample (no centring, so a frame needs no
     future audio). A frame is a hit when its flux is the local maximum of the frames around it, exceeds
-    ``threshold`` dB above the mean flux of the preceding frames, comes at least ``min_gap_ms`` after
+    ``threshold`` dB above the median flux of the preceding frames, comes at least ``min_gap_ms`` after
     the previous hit, and its audio is louder than ``floor_db`` dBFS. The hit's time is then refined
     to the sample: the first sample, in the frame that fired, whose amplitude reaches 10 % of the way
     from the level before the hit to the hit's peak (``audio_utils.find_onset``'s rule, made robust
@@ -56,8 +56,9 @@ class OnsetParams:
     hop_ms: float = 5.0           # time between frames: the detector's time step
     n_bands: int = 40             # mel bands of the band-energy spectrogram
     f_min: float = 30.0
-    threshold: float = 2.0        # flux (mean dB rise per band) above the mean of the preceding frames
-    mean_ms: float = 50.0         # how far back that mean looks
+    f_max: float = 11025.0        # (or the Nyquist frequency if lower): the same bands at any sample rate
+    threshold: float = 1.5        # flux (mean dB rise per band) above the median of the preceding frames
+    mean_ms: float = 50.0         # how far back that median looks
     peak_ms: float = 15.0         # a hit's flux must be the maximum within this many ms before it ...
     lookahead_ms: float = 10.0    # ... and after it (the detector's look-ahead)
     min_gap_ms: float = 30.0      # minimum time between two hits
@@ -102,10 +103,10 @@ class Hit:
     extra: dict = field(default_factory=dict)
 
 
-def _mel_bank(sample_rate: int, n_fft: int, n_bands: int, f_min: float) -> np.ndarray:
+def _mel_bank(sample_rate: int, n_fft: int, n_bands: int, f_min: float, f_max: float) -> np.ndarray:
     import torchaudio
 
-    fb = torchaudio.functional.melscale_fbanks(n_freqs=n_fft // 2 + 1, f_min=f_min, f_max=sample_rate / 2,
+    fb = torchaudio.functional.melscale_fbanks(n_freqs=n_fft // 2 + 1, f_min=f_min, f_max=min(f_max, sample_rate / 2),
                                                n_mels=n_bands, sample_rate=sample_rate, norm="slaney",
                                                mel_scale="slaney")
     return fb.double().numpy()                                                 # [freqs, bands]
@@ -139,7 +140,7 @@ class OnsetDetector:
         self.env_len = ms(p.env_ms)
         self.lookback = self.win + self.hop + self.env_len          # samples a decision looks back
         self.window = np.hanning(self.win + 2)[1:-1]                                        # no zero ends
-        self.fb = _mel_bank(sr, self.win, p.n_bands, p.f_min)
+        self.fb = _mel_bank(sr, self.win, p.n_bands, p.f_min, p.f_max)
         self.scale = 1.0 / np.square(self.window.sum() / 2)                # a full-scale sine -> about 0 dB
         self.band_floor = 10 ** (p.band_floor_db / 10)
         self.keep_flux = keep_flux
@@ -165,6 +166,7 @@ class OnsetDetector:
         return self._settle_point(0) + self.hop
 
     def feed(self, chunk) -> list[Segment]:
+        """Add mono samples; returns the segments of the hits that became complete."""
         if self.done:
             raise RuntimeError("onset detector: feed() after flush()")
         x = np.asarray(chunk, dtype=np.float64).reshape(-1)
@@ -178,23 +180,19 @@ class OnsetDetector:
         return self._emit(final=False)
 
     def flush(self) -> list[Segment]:
-        """End of the stream: decide the last frames (trailing silence) and return every pending hit."""
+        """End of the stream: decide the last frames (with the look-ahead that exists) and return every
+        pending hit; segments are cut at the last sample."""
         if self.done:
             return []
-        real_total = self.total
-        pad = (self.n_before + self.n_after + 2) * self.hop + self.win + self.peak_search
-        self.buf = np.concatenate([self.buf, np.zeros(pad)])
-        self.total += pad
-        self._advance(limit=real_total)
-        self.total = real_total
         self.done = True
+        self._advance()
         return self._emit(final=True)
 
     # ---------------------------------------------------------------- frames and decisions
     def _frame_end(self, k: int) -> int:
         return (k + 1) * self.hop
 
-    def _advance(self, limit: int | None = None) -> None:
+    def _advance(self) -> None:
         n_new = self.total // self.hop - self.n_frames
         if n_new > 0:
             ends = self._frame_end(np.arange(self.n_frames, self.n_frames + n_new))
@@ -213,9 +211,10 @@ class OnsetDetector:
                 self.flux.extend(flux.tolist())
             self.n_frames += n_new
         # decide every frame whose look-ahead is computed and whose peak can be searched
-        while self.decided + self.n_after < self.n_frames and \
-                self._frame_end(self.decided) + self.peak_search <= self.total:
-            self._decide(self.decided, limit)
+        while self.decided < self.n_frames and (self.done or (
+                self.decided + self.n_after < self.n_frames
+                and self._frame_end(self.decided) + self.peak_search <= self.total)):
+            self._decide(self.decided)
             self.decided += 1
         self._trim()
 
@@ -223,7 +222,7 @@ class OnsetDetector:
         off = self.n_frames - len(self.recent_flux)           # absolute index of recent_flux[0]
         return self.recent_flux, self.recent_energy, off
 
-    def _decide(self, k: int, limit: int | None) -> None:
+    def _decide(self, k: int) -> None:
         flux, energy, off = self._local(k)
         i = k - off
         f = flux[i]
@@ -232,13 +231,13 @@ class OnsetDetector:
         if before and f < max(before) or after and f <= max(after):
             return
         hist = flux[max(0, i - self.n_mean):i]
-        mean = sum(hist) / len(hist) if hist else 0.0
-        if f < mean + self.params.threshold or k - self.last_hit_frame < self.gap_frames:
+        level = float(np.median(hist)) if hist else 0.0
+        if f < level + self.params.threshold or k - self.last_hit_frame < self.gap_frames:
             return
         if max(energy[i:i + 1 + self.n_after]) < self.params.floor_db:
             return
         onset = self._refine(k)
-        if onset is None or (limit is not None and onset >= limit):
+        if onset is None:
             return
         self.last_hit_frame, self.last_onset = k, onset
         self.pending.append(onset)
@@ -253,7 +252,7 @@ class OnsetDetector:
         counts as the level before) to the hit's peak."""
         end = self._frame_end(k)
         lo = max(end - self.win - self.hop, self.last_onset + 1)
-        hi = end + self.peak_search
+        hi = min(end + self.peak_search, self.total)
         if end <= lo:
             return None
         x = np.abs(self._sample(lo - self.env_len + 1, hi))
