@@ -55,6 +55,7 @@ class OnsetParams:
     frame_ms: float = 23.0        # STFT frame (1014 samples at 44.1 kHz)
     hop_ms: float = 5.0           # time between frames: the detector's time step
     n_bands: int = 40             # mel bands of the band-energy spectrogram
+    max_bands: int = 1            # > 1: compare each band with the maximum of this many neighbours (SuperFlux)
     f_min: float = 30.0
     f_max: float = 11025.0        # (or the Nyquist frequency if lower): the same bands at any sample rate
     threshold: float = 1.5        # flux (mean dB rise per band) above the median of the preceding frames
@@ -151,8 +152,9 @@ class OnsetDetector:
         self.total = 0                                           # samples received
         self.n_frames = 0                                        # frames computed (frame k ends at (k+1)*hop)
         self.prev_db = np.full(p.n_bands, 10 * math.log10(self.band_floor))
-        self.recent_flux: list[float] = []                       # flux of frames [n_frames - len, n_frames)
-        self.recent_energy: list[float] = []
+        # flux of frames [n_frames - len, n_frames), starting with the silence before sample 0
+        self.recent_flux: list[float] = [0.0] * self.n_mean
+        self.recent_energy: list[float] = [-200.0] * self.n_mean
         self.decided = 0                                         # frames whose hit/no-hit decision is made
         self.last_hit_frame = -10 ** 9
         self.last_onset = -10 ** 9
@@ -203,6 +205,10 @@ class OnsetDetector:
             db = 10 * np.log10(np.maximum(power @ self.fb, self.band_floor))       # [n, bands]
             energy = 10 * np.log10(np.maximum(np.mean(frames ** 2, axis=1), 1e-20))
             prev = np.vstack([self.prev_db[None], db[:-1]])
+            if self.params.max_bands > 1:                 # SuperFlux: a band must rise above its neighbours' level
+                r = self.params.max_bands // 2
+                padded = np.pad(prev, ((0, 0), (r, r)), mode="edge")
+                prev = np.max(np.stack([padded[:, j:j + prev.shape[1]] for j in range(2 * r + 1)]), axis=0)
             flux = np.maximum(db - prev, 0.0).mean(axis=1)
             self.prev_db = db[-1]
             self.recent_flux.extend(flux.tolist())
