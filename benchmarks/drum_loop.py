@@ -122,6 +122,11 @@ def run_set(root: Path, pred, predict_waveform, args, lines: list[str], choke: b
             agree += hits[j].label == alone[pick[i]]
             correct_loop += hits[j].label == labels[pick[i]]
             correct_alone += alone[pick[i]] == labels[pick[i]]
+        if loop == 0 and args.plot and not cache.get("plotted"):
+            from classify.timeline import plot_timeline
+            plot_timeline(args.plot, wave, sr, hits=hits,
+                          title=f"{root.name}: loop 0 ({'choked' if choke else 'tails ring on'})")
+            cache["plotted"] = True
         if loop == 0:
             lines.append(f"  loop 0 ({len(wave) / sr:.2f} s): detected hits, as the CLI prints them, with the truth")
             for i, (n, f) in enumerate(zip(placed, (files[k] for k in pick))):
@@ -189,6 +194,7 @@ def main(argv=None) -> int:
     p.add_argument("--chunk", type=int, default=256, help="stream chunk size in samples")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--out", help="also write the report here")
+    p.add_argument("--plot", help="timeline picture (PNG) of the first loop of the first set")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     pred, predict_waveform = load_predictor(args.checkpoint)

@@ -36,15 +36,17 @@ Classification
 """
 from __future__ import annotations
 
+import json
 import math
+import sys
 from dataclasses import dataclass, field
 from typing import Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 import torch
 
-__all__ = ["OnsetParams", "OnsetDetector", "Segment", "Hit", "detect_onsets", "classify_hits", "stream_hits",
-           "format_hit", "hit_record"]
+__all__ = ["OnsetParams", "OnsetDetector", "Segment", "Hit", "segments", "detect_onsets", "classify_hits",
+           "stream_hits", "format_hit", "hit_record", "print_hits"]
 
 PredictSegment = Callable[[torch.Tensor], np.ndarray]
 
@@ -402,3 +404,20 @@ def hit_record(hit: Hit, class_names: Sequence[str] | None = None, top_k: int = 
         order = np.argsort(-hit.probs, kind="stable")[:top_k]
         rec["top"] = [{"label": str(class_names[i]), "prob": round(float(hit.probs[i]), 6)} for i in order]
     return rec
+
+
+def print_hits(hits: Iterable[Hit], out=None, as_json: bool = False, class_names: Sequence[str] | None = None,
+               top_k: int = 1, source: str | None = None) -> list[Hit]:
+    """Print every hit the moment it arrives (one text line, or one JSON object with ``"file": source``),
+    flushing each line, so that a stream shows each hit as soon as it is heard; returns the hits."""
+    out = out or sys.stdout
+    width = max((len(c) for c in class_names), default=0) if class_names else 0
+    done = []
+    for h in hits:
+        if as_json:
+            rec = ({"file": source} if source is not None else {}) | hit_record(h, class_names, top_k)
+            print(json.dumps(rec), file=out, flush=True)
+        else:
+            print(format_hit(h, width), file=out, flush=True)
+        done.append(h)
+    return done

@@ -75,21 +75,21 @@ def plot_timeline(path: str | os.PathLike, wave, sample_rate: int, hits: Iterabl
     ax_s.set_ylabel("kHz")
     ax_s.set_xlabel("time (s)")
 
-    if hits:
-        ymax = float(np.max(np.abs(wave))) if wave.size else 1.0
-        for i, h in enumerate(hits):
-            for ax in (ax_w, ax_s):
-                ax.axvline(h.time_s, color="tab:cyan", linewidth=1.0, alpha=0.9)
-            ax_w.text(h.time_s, ymax * (0.95 if i % 2 == 0 else 0.6), f" {h.label} {h.prob:.2f}", fontsize=8,
-                      rotation=0, va="top", ha="left", color="tab:blue", clip_on=True)
-    colors = {}
+    box = dict(facecolor="white", alpha=0.8, linewidth=0, pad=1.0)
+    xt = ax_w.get_xaxis_transform()                        # x in seconds, y as a fraction of the axes
+    for i, h in enumerate(hits):
+        for ax in (ax_w, ax_s):
+            ax.axvline(h.time_s, color="tab:cyan", linewidth=1.0, alpha=0.9)
+        ax_w.text(h.time_s, 0.97 - 0.16 * (i % 3), f"{h.label} {h.prob:.2f}", transform=xt, fontsize=8,
+                  va="top", ha="left", color="tab:blue", bbox=box, clip_on=True)
     palette = ["tab:blue", "tab:orange", "tab:green", "tab:red", "tab:purple", "tab:brown", "tab:pink", "tab:olive"]
+    colors: dict[str, str] = {}
     for i, (start, end, label, prob) in enumerate(windows):
         c = colors.setdefault(label, palette[len(colors) % len(palette)])
-        ax_w.axvspan(start, end, ymin=0.0, ymax=0.12, color=c, alpha=0.6)
-        ax_w.text((start + end) / 2, ax_w.get_ylim()[0], f"{label} {prob:.2f}", fontsize=7, ha="center",
-                  va="bottom", color="black", clip_on=True, rotation=0 if i % 2 == 0 else 0,
-                  transform=ax_w.transData)
+        lane = i % 2                                        # overlapping windows alternate between two lanes
+        ax_w.axvspan(start, end, ymin=0.02 + 0.1 * lane, ymax=0.1 + 0.1 * lane, color=c, alpha=0.7)
+        ax_w.text((start + end) / 2, 0.97 - 0.16 * lane, f"{label} {prob:.2f}", transform=xt, fontsize=7,
+                  ha="center", va="top", color=c, bbox=box, clip_on=True)
     what = f"{len(hits)} hits" if hits else (f"{len(windows)} windows" if windows else "")
     fig.suptitle(" - ".join(s for s in (title, what) if s), fontsize=10)
     fig.tight_layout()

@@ -11,7 +11,7 @@ import torch
 import audio_utils as au
 import models
 from classify.onsets import (Hit, OnsetDetector, OnsetParams, classify_hits, detect_onsets, format_hit, hit_record,
-                             segments, stream_hits)
+                             print_hits, segments, stream_hits)
 from classify.timeline import plot_timeline
 from training.checkpoint import save_checkpoint
 
@@ -234,6 +234,36 @@ def test_segments_are_resampled_to_the_model_rate():
 
 
 # ------------------------------------------------------------------ output
+def test_print_hits_one_line_per_hit_as_it_arrives():
+    wave, placed, _ = make_loop()
+    lines = []
+
+    class Out:                                          # records what had been printed when each hit was made
+        def write(self, text):
+            lines.extend(t for t in text.splitlines() if t)
+
+        def flush(self):
+            pass
+
+    produced = []
+
+    def hits():
+        chunks = (wave[i:i + 160] for i in range(0, len(wave), 160))
+        for h in stream_hits(chunks, SR, fake_predict, CFG.duration, CFG.onset_pre_ms, KINDS):
+            produced.append(len(lines))
+            yield h
+
+    got = print_hits(hits(), Out(), class_names=KINDS)
+    assert produced == list(range(len(placed)))          # each line printed before the next hit was computed
+    assert len(lines) == len(placed) == len(got)
+    assert [ln.split()[2] for ln in lines] == [k for _, k, _ in PLAN]
+    assert all(abs(float(ln.split()[0]) - n / SR) <= 0.010 for ln, n in zip(lines, placed))
+    lines.clear()
+    print_hits(got[:2], Out(), as_json=True, class_names=KINDS, top_k=3, source="loop.wav")
+    recs = [json.loads(ln) for ln in lines]
+    assert [r["file"] for r in recs] == ["loop.wav"] * 2 and len(recs[0]["top"]) == 3
+
+
 def test_text_line_and_json_record():
     h = Hit(time_s=0.5123, label="snare", prob=0.934, probs=np.array([0.934, 0.05, 0.016]), start_s=0.5023,
             end_s=0.8723)
