@@ -64,7 +64,7 @@ class OnsetParams:
     mean_ms: float = 50.0         # how far back that median looks
     peak_ms: float = 15.0         # a hit's flux must be the maximum within this many ms before it ...
     lookahead_ms: float = 10.0    # ... and after it (the detector's look-ahead)
-    min_gap_ms: float = 30.0      # minimum time between two hits
+    min_gap_ms: float = 40.0      # minimum time between two hits (a hand clap's bursts are one hit)
     floor_db: float = -50.0       # a hit's frame must be louder than this (dBFS, RMS)
     band_floor_db: float = -100.0 # band powers below this count as this (silence)
     peak_search_ms: float = 20.0  # the hit's peak is looked for up to this long after its frame
