@@ -100,7 +100,7 @@ def run_set(root: Path, pred, predict_waveform, args, lines: list[str], choke: b
     tol = int(round(args.tolerance_ms * 1e-3 * sr))
     rng = np.random.default_rng(args.seed)
     n_true = n_det = n_match = 0
-    agree = correct_loop = correct_alone = 0
+    agree = correct_loop = correct_alone = loops_ok = 0
     err_onset, err_placed, compute = [], [], []
     audio_s = 0.0
     for loop in range(args.loops):
@@ -111,6 +111,9 @@ def run_set(root: Path, pred, predict_waveform, args, lines: list[str], choke: b
         audio_s += len(wave) / sr
         det = np.array([int(round(h.time_s * sr)) for h in hits], dtype=np.int64)
         m = match(det, onsets, tol)
+        mp = match(det, placed, tol)
+        loops_ok += len(hits) == len(placed) and all(j is not None and hits[j].label == alone[pick[i]]
+                                                      for i, j in enumerate(mp))
         n_true += len(onsets)
         n_det += len(hits)
         for i, j in enumerate(m):
@@ -158,7 +161,7 @@ def run_set(root: Path, pred, predict_waveform, args, lines: list[str], choke: b
         "err_onset_ms_max": float(err_onset.max()) if len(err_onset) else float("nan"),
         "placed_within_tol": float(np.mean(err_placed <= args.tolerance_ms)) if len(err_placed) else float("nan"),
         "err_placed_ms_max": float(err_placed.max()) if len(err_placed) else float("nan"),
-        "rtf": sum(compute) / audio_s, "stream_equal": same,
+        "rtf": sum(compute) / audio_s, "loops_ok": loops_ok, "stream_equal": same,
         "delay_ms_median": 1000 * statistics.median(delays) if delays else float("nan"),
         "delay_ms_max": 1000 * max(delays) if delays else float("nan"),
         "compute_ms_median": 1000 * statistics.median(comp) if comp else float("nan"),
@@ -174,6 +177,8 @@ def run_set(root: Path, pred, predict_waveform, args, lines: list[str], choke: b
         f"{res['placed_within_tol']:.3f} (max {res['err_placed_ms_max']:.2f} ms)",
         f"  per-hit labels (matched hits): same as the file alone {res['agree_alone']:.3f}; accuracy in the loop "
         f"{res['acc_loop']:.3f}, alone {res['acc_alone']:.3f}",
+        f"  loops giving exactly one line per hit, each within {args.tolerance_ms:g} ms of where the hit was placed and "
+        f"with the label of its file alone: {loops_ok}/{args.loops}",
         f"  offline compute: {res['rtf']:.4f} s per s of audio (detection + classification, 1 thread)",
         f"  stream ({args.chunk}-sample chunks = {1000 * args.chunk / sr:.1f} ms): hits identical to offline: {same}; "
         f"onset-to-label delay median {res['delay_ms_median']:.1f} ms, max {res['delay_ms_max']:.1f} ms "
