@@ -39,7 +39,7 @@ from __future__ import annotations
 import json
 import math
 import sys
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Callable, Iterable, Iterator, Sequence
 
 import numpy as np
@@ -103,7 +103,6 @@ class Hit:
     end_s: float = 0.0
     ready_s: float = 0.0          # stream time at which the segment was complete (before compute)
     compute_s: float = 0.0        # time predict_segment took
-    extra: dict = field(default_factory=dict)
 
 
 def _mel_bank(sample_rate: int, n_fft: int, n_bands: int, f_min: float, f_max: float) -> np.ndarray:
@@ -197,8 +196,8 @@ class OnsetDetector:
         return (k + 1) * self.hop
 
     def _advance(self) -> None:
-        n_new = self.total // self.hop - self.n_frames
-        if n_new > 0:
+        while self.total // self.hop > self.n_frames:       # new frames, at most 1024 at a time (bounded memory)
+            n_new = min(1024, self.total // self.hop - self.n_frames)
             ends = self._frame_end(np.arange(self.n_frames, self.n_frames + n_new))
             idx = (ends - self.win - self.buf_start)[:, None] + np.arange(self.win)[None, :]
             frames = self.buf[idx]                                                  # [n, win]
@@ -226,13 +225,9 @@ class OnsetDetector:
             self.decided += 1
         self._trim()
 
-    def _local(self, k: int) -> tuple[list[float], list[float], int]:
-        off = self.n_frames - len(self.recent_flux)           # absolute index of recent_flux[0]
-        return self.recent_flux, self.recent_energy, off
-
     def _decide(self, k: int) -> None:
-        flux, energy, off = self._local(k)
-        i = k - off
+        flux, energy = self.recent_flux, self.recent_energy
+        i = k - (self.n_frames - len(flux))                   # recent_flux[0] is frame n_frames - len
         f = flux[i]
         before = flux[max(0, i - self.n_before):i]
         after = flux[i + 1:i + 1 + self.n_after]
@@ -335,7 +330,11 @@ def segments(wave, sample_rate: int, crop_seconds: float, pre_ms: float = 5.0, m
              params: OnsetParams | None = None) -> list[Segment]:
     """Every hit's segment in a whole mono ``wave`` (the streaming detector fed it in one piece)."""
     det = OnsetDetector(sample_rate, crop_seconds, pre_ms, margin_ms, params)
-    return det.feed(_as_numpy(wave)) + det.flush()
+    wave = _as_numpy(wave)
+    out = []
+    for i in range(0, len(wave), 1 << 16):                 # blocks: memory stays bounded for long files
+        out += det.feed(wave[i:i + (1 << 16)])
+    return out + det.flush()
 
 
 def detect_onsets(wave, sample_rate: int, params: OnsetParams | None = None) -> np.ndarray:

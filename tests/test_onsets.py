@@ -138,6 +138,21 @@ def test_stream_in_small_chunks_gives_the_offline_segments(chunking):
     assert all(s.ready_at - s.onset <= lat for s in got[:-1])
 
 
+def test_stream_memory_stays_bounded():
+    """A long stream keeps only the pending segments and about one frame of audio."""
+    wave, _, _ = make_loop()
+    long = np.tile(wave, 8)                                     # 21 s, 80 hits
+    det = OnsetDetector(SR, CFG.duration, CFG.onset_pre_ms)
+    n_segments, biggest, most_flux = 0, 0, 0
+    for i in range(0, len(long), 4000):
+        n_segments += len(det.feed(long[i:i + 4000]))
+        biggest, most_flux = max(biggest, len(det.buf)), max(most_flux, len(det.recent_flux))
+    n_segments += len(det.flush())
+    assert n_segments == 8 * len(PLAN)
+    assert biggest <= int((CFG.duration + 0.1) * SR) + 4000 + det.lookback
+    assert most_flux <= 100
+
+
 def test_stream_hits_equal_classify_hits():
     wave, _, _ = make_loop()
     offline = classify_hits(wave, SR, fake_predict, CFG.duration, CFG.onset_pre_ms, KINDS)
