@@ -96,6 +96,19 @@ def run_set(root: Path, pred, predict_waveform, args, lines: list[str], choke: b
         alone = [pred.class_names[int(np.argmax(predict_waveform(torch.from_numpy(w))))] for w in waves]
         cache[root] = files, labels, waves, leads, alone
     files, labels, waves, leads, alone = cache[root]
+    if ("one-shot", root) not in cache:              # each file alone through the hit path: one hit, same answer
+        one, diffs, same_label = 0, [], 0
+        for w, a in zip(waves, alone):
+            hs = classify_hits(w, sr, predict_waveform, pred.cfg.duration, pred.cfg.onset_pre_ms, pred.class_names)
+            one += len(hs) == 1
+            if len(hs) == 1:
+                diffs.append(float(np.abs(hs[0].probs - predict_waveform(torch.from_numpy(w))).max()))
+                same_label += hs[0].label == a
+        cache[("one-shot", root)] = (
+            f"  one-shot files through the hit path: {one}/{len(waves)} give exactly one hit; of those, "
+            f"{same_label} have the label of the file alone, max |probability difference| "
+            f"{max(diffs) if diffs else float('nan'):.2e}")
+    one_shot_line = cache[("one-shot", root)]
     crop, pre = pred.cfg.duration, pred.cfg.onset_pre_ms
     tol = int(round(args.tolerance_ms * 1e-3 * sr))
     rng = np.random.default_rng(args.seed)
@@ -179,6 +192,7 @@ def run_set(root: Path, pred, predict_waveform, args, lines: list[str], choke: b
         f"{res['acc_loop']:.3f}, alone {res['acc_alone']:.3f}",
         f"  loops giving exactly one line per hit, each within {args.tolerance_ms:g} ms of where the hit was placed and "
         f"with the label of its file alone: {loops_ok}/{args.loops}",
+        one_shot_line,
         f"  offline compute: {res['rtf']:.4f} s per s of audio (detection + classification, 1 thread)",
         f"  stream ({args.chunk}-sample chunks = {1000 * args.chunk / sr:.1f} ms): hits identical to offline: {same}; "
         f"onset-to-label delay median {res['delay_ms_median']:.1f} ms, max {res['delay_ms_max']:.1f} ms "

@@ -18,7 +18,7 @@ Detection (:class:`OnsetDetector`)
     :func:`detect_onsets` is the same detector fed the whole wave, so both give identical hits.
 
 Segments
-    A hit at sample ``n`` gets the segment ``[n - pre - margin, n - pre + crop)`` (``pre`` = the
+    A hit at sample ``n`` gets the segment ``[n - pre - margin, max(n - pre, 0) + crop)`` (``pre`` = the
     checkpoint's ``onset_pre_ms``, ``crop`` = its clip ``duration``, ``margin`` = ``margin_ms``),
     cut short where the next hit's segment starts and at the end of the audio. Training's
     featurisation then finds the onset in it (``audio_utils.find_onset``) and crops ``crop`` seconds
@@ -270,9 +270,14 @@ class OnsetDetector:
         return lo + n_min + int(np.flatnonzero(x[n_min:] >= thr)[0])
 
     # ---------------------------------------------------------------- segments
+    def _crop_end(self, onset: int) -> int:
+        """End of the crop training takes: ``crop`` samples from ``pre`` before the onset, or from the
+        first sample when the onset comes earlier than ``pre``."""
+        return max(0, onset - self.pre) + self.crop
+
     def _settle_point(self, onset: int) -> int:
         """Stream position after which no new hit can start a segment before ``onset``'s crop end."""
-        crop_end = onset - self.pre + self.crop
+        crop_end = self._crop_end(onset)
         # a hit decided later has its onset >= frame_end - win - hop and its segment starts pre + margin earlier;
         # the first frame whose hit could still cut this crop, plus its look-ahead and peak search
         k = (crop_end + self.pre + self.margin + self.win + self.hop) // self.hop
@@ -283,7 +288,7 @@ class OnsetDetector:
         while self.pending:
             onset = self.pending[0]
             start = max(0, onset - self.pre - self.margin)
-            end = onset - self.pre + self.crop
+            end = self._crop_end(onset)
             if len(self.pending) > 1:
                 end = min(end, max(start + 1, self.pending[1] - self.pre - self.margin))
             elif not final and self.total < self._settle_point(onset):

@@ -217,9 +217,10 @@ def test_one_shot_file_gives_the_evaluation_path_probabilities(tmp_path):
     """A one-shot file is one hit, classified from exactly the crop training takes from the file."""
     pred, predict_waveform = _predictor(_checkpoint(tmp_path / "hits.safetensors"))
     rng = np.random.default_rng(5)
-    for k, kind in enumerate(KINDS):
-        x = np.concatenate([np.zeros(int(0.03 * SR) + 17 * k, np.float32), synth_hit(kind, 0.7, rng, 0.6)])
-        f = tmp_path / f"{kind}.wav"
+    for k, (kind, lead) in enumerate(zip(KINDS * 2, [0.03, 0.0, 0.002, 0.03, 0.001, 0.0])):
+        # a hit after some silence, and hits that start within the pre-roll (the crop then starts at sample 0)
+        x = np.concatenate([np.zeros(int(lead * SR) + 17 * k, np.float32), synth_hit(kind, 0.7, rng, 0.6)])
+        f = tmp_path / f"{kind}{k}.wav"
         sf.write(f, x, SR, subtype="FLOAT")
         wave = au.load_audio(f, pred.cfg.sample_rate)
         hits = classify_hits(wave, pred.cfg.sample_rate, predict_waveform, pred.cfg.duration, pred.cfg.onset_pre_ms,
@@ -230,7 +231,7 @@ def test_one_shot_file_gives_the_evaluation_path_probabilities(tmp_path):
         with torch.inference_mode():
             expected = torch.softmax(pred.model(feats[None]), -1)[0].numpy()
         np.testing.assert_allclose(hits[0].probs, expected, rtol=0, atol=1e-6)
-        assert abs(hits[0].time_s - (0.03 * SR + 17 * k) / SR) <= 0.003
+        assert abs(hits[0].time_s - (int(lead * SR) + 17 * k) / SR) <= 0.003
 
 
 def test_segments_are_resampled_to_the_model_rate():
