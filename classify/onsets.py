@@ -9,12 +9,13 @@ Detection (:class:`OnsetDetector`)
     Spectral flux on a mel band-energy spectrogram (the onset strength of librosa's
     ``onset.onset_strength``: band power in dB, positive differences between consecutive frames,
     mean over bands), with frames that end at the newest sample (no centring, so a frame needs no
-    future audio). A frame is a hit when its flux is the local maximum of the frames around it, exceeds
-    ``threshold`` dB above the median flux of the preceding frames, comes at least ``min_gap_ms`` after
-    the previous hit, and its audio is louder than ``floor_db`` dBFS. The hit's time is then refined
-    to the sample: the first sample, in the frame that fired, whose amplitude reaches 10 % of the way
-    from the level before the hit to the hit's peak (``audio_utils.find_onset``'s rule, made robust
-    to the tail of an earlier hit). The detector is fed chunks of any size; the offline
+    future audio). A frame fires when its flux is the local maximum of the frames around it, exceeds
+    the median flux of the preceding frames by ``threshold`` dB, and its audio is louder than
+    ``floor_db`` dBFS. The hit's time is then refined to the sample: the first sample, in the frame
+    that fired, whose amplitude reaches 10 % of the way from the level before the hit to the hit's
+    peak (``audio_utils.find_onset``'s rule, made robust to the tail of an earlier hit). A hit less
+    than ``min_gap_ms`` after the previous one is dropped (a hand clap's bursts are one hit). The
+    detector is fed chunks of any size; the offline
     :func:`detect_onsets` is the same detector fed the whole wave, so both give identical hits.
 
 Segments
@@ -137,7 +138,7 @@ class OnsetDetector:
         self.n_mean = max(1, int(round(p.mean_ms / p.hop_ms)))
         self.n_before = max(1, int(round(p.peak_ms / p.hop_ms)))
         self.n_after = max(1, int(round(p.lookahead_ms / p.hop_ms)))
-        self.gap_frames = max(1, int(round(p.min_gap_ms / p.hop_ms)))
+        self.min_gap = ms(p.min_gap_ms)
         self.peak_search = ms(p.peak_search_ms)
         self.env_len = ms(p.env_ms)
         self.lookback = self.win + self.hop + self.env_len          # samples a decision looks back
@@ -157,7 +158,6 @@ class OnsetDetector:
         self.recent_flux: list[float] = [0.0] * self.n_mean
         self.recent_energy: list[float] = [-200.0] * self.n_mean
         self.decided = 0                                         # frames whose hit/no-hit decision is made
-        self.last_hit_frame = -10 ** 9
         self.last_onset = -10 ** 9
         self.pending: list[int] = []                             # onsets whose segment is not complete yet
         self.done = False
@@ -235,14 +235,12 @@ class OnsetDetector:
             return
         hist = flux[max(0, i - self.n_mean):i]
         level = float(np.median(hist)) if hist else 0.0
-        if f < level + self.params.threshold or k - self.last_hit_frame < self.gap_frames:
-            return
-        if max(energy[i:i + 1 + self.n_after]) < self.params.floor_db:
+        if f < level + self.params.threshold or max(energy[i:i + 1 + self.n_after]) < self.params.floor_db:
             return
         onset = self._refine(k)
-        if onset is None:
+        if onset is None or onset - self.last_onset < self.min_gap:
             return
-        self.last_hit_frame, self.last_onset = k, onset
+        self.last_onset = onset
         self.pending.append(onset)
 
     def _sample(self, lo: int, hi: int) -> np.ndarray:
