@@ -166,7 +166,8 @@ class OnsetDetector:
     @property
     def latency_samples(self) -> int:
         """Worst-case samples from a hit's onset to its segment being complete (no next hit)."""
-        return self._settle_point(0) + self.hop
+        onset = self.pre + self.margin                  # any onset at least this far into the stream
+        return self._settle_point(onset) - onset + self.hop
 
     def feed(self, chunk) -> list[Segment]:
         """Add mono samples; returns the segments of the hits that became complete."""
