@@ -190,14 +190,16 @@ def run_set(root: Path, pred, predict_waveform, args, lines: list[str], choke: b
         f"{res['placed_within_tol']:.3f} (max {res['err_placed_ms_max']:.2f} ms)",
         f"  per-hit labels (matched hits): same as the file alone {res['agree_alone']:.3f}; accuracy in the loop "
         f"{res['acc_loop']:.3f}, alone {res['acc_alone']:.3f}",
-        f"  loops giving exactly one line per hit, each within {args.tolerance_ms:g} ms of where the hit was placed and "
-        f"with the label of its file alone: {loops_ok}/{args.loops}",
+        f"  loops giving exactly one line per hit, each within {args.tolerance_ms:g} ms of where the hit was placed "
+        f"and with the label of its file alone: {loops_ok}/{args.loops}",
         one_shot_line,
-        f"  offline compute: {res['rtf']:.4f} s per s of audio (detection + classification, 1 thread)",
+        f"  offline compute: {res['rtf']:.4f} s per s of audio (detection + classification, "
+        f"{torch.get_num_threads()} thread(s))",
         f"  stream ({args.chunk}-sample chunks = {1000 * args.chunk / sr:.1f} ms): hits identical to offline: {same}; "
         f"onset-to-label delay median {res['delay_ms_median']:.1f} ms, max {res['delay_ms_max']:.1f} ms "
         f"(crop {1000 * crop:.0f} ms - pre-roll {pre:g} ms + detector look-ahead + chunking + compute "
-        f"{res['compute_ms_median']:.1f} ms median; bound without compute and chunking {res['latency_bound_ms']:.1f} ms)",
+        f"{res['compute_ms_median']:.1f} ms median; bound without compute and chunking "
+        f"{res['latency_bound_ms']:.1f} ms)",
     ]
     return res
 

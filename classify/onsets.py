@@ -40,11 +40,14 @@ from __future__ import annotations
 import json
 import math
 import sys
+import time
 from dataclasses import dataclass
 from typing import Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 import torch
+
+from audio_utils import resample
 
 __all__ = ["OnsetParams", "OnsetDetector", "Segment", "Hit", "segments", "detect_onsets", "classify_hits",
            "stream_hits", "format_hit", "hit_record", "print_hits"]
@@ -348,10 +351,6 @@ def detect_onsets(wave, sample_rate: int, params: OnsetParams | None = None) -> 
 
 def _predict(seg: Segment, sample_rate: int, model_rate: int | None, predict_segment: PredictSegment,
              class_names: Sequence[str]) -> Hit:
-    import time
-
-    from audio_utils import resample
-
     x = torch.from_numpy(seg.audio)
     if model_rate and model_rate != sample_rate:
         x = resample(x, sample_rate, model_rate)
