@@ -1,0 +1,326 @@
+"""classify/onsets.py and classify/timeline.py: every hit of a loop or a stream, with its time and label."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+
+import audio_utils as au
+import models
+from classify.onsets import (Hit, OnsetDetector, OnsetParams, classify_hits, detect_onsets, format_hit, hit_record,
+                             print_hits, segments, stream_hits)
+from classify.timeline import plot_timeline
+from training.checkpoint import save_checkpoint
+
+SR = 16000
+# an onset-aligned feature config, cheap: 0.25-s crops at 16 kHz -> [32, 32]
+CFG = au.FeatureConfig(sample_rate=SR, n_fft=512, hop_length=128, n_mels=32, duration=0.25, n_frames=32,
+                       onset_align=True, onset_pre_ms=5.0)
+KINDS = ["low", "high", "noise"]
+
+
+def synth_hit(kind: str, amp: float, rng: np.random.Generator, seconds: float = 0.3) -> np.ndarray:
+    """A percussive hit starting at sample 0: a kick-like low tone (falling pitch, beater click), a decaying
+    high tone or a noise burst; faded out over its last 20 ms, as a one-shot sample ends."""
+    t = np.arange(int(seconds * SR)) / SR
+    if kind == "low":
+        f0 = rng.uniform(150, 250)
+        phase = 2 * np.pi * np.cumsum(60 + (f0 - 60) * np.exp(-t / 0.03)) / SR
+        x = np.sin(phase) * np.exp(-t / 0.08) + 0.5 * rng.standard_normal(len(t)) * np.exp(-t / 0.003)
+    elif kind == "high":
+        x = np.sin(2 * np.pi * rng.uniform(2500, 3500) * t) * np.exp(-t / 0.05)
+    else:
+        x = rng.standard_normal(len(t)) * np.exp(-t / 0.04)
+    x[: int(0.002 * SR)] *= np.linspace(0, 1, int(0.002 * SR))       # 2-ms attack
+    x[-int(0.02 * SR):] *= np.linspace(1, 0, int(0.02 * SR))
+    return (amp * x / np.abs(x).max()).astype(np.float32)
+
+
+# (time s, kind, amplitude): two hits 60 ms apart, quiet hits after loud ones, a hit at sample 0 of the loop
+PLAN = [(0.0, "high", 0.5), (0.30, "high", 0.7), (0.36, "low", 0.8), (0.70, "noise", 0.6), (1.00, "noise", 0.9),
+        (1.12, "low", 0.1), (1.45, "low", 0.9), (1.70, "high", 0.15), (2.00, "noise", 0.5), (2.06, "low", 0.5)]
+
+
+def make_loop(plan=PLAN, seconds: float = 2.6, seed: int = 0, background=None):
+    rng = np.random.default_rng(seed)
+    wave = np.zeros(int(seconds * SR), np.float32) if background is None else background.copy()
+    hits = []
+    for t, kind, amp in plan:
+        x = synth_hit(kind, amp, rng)
+        n = int(round(t * SR))
+        m = min(len(x), len(wave) - n)
+        wave[n:n + m] += x[:m]
+        hits.append(x)
+    wave += 1e-4 * rng.standard_normal(len(wave)).astype(np.float32)      # a little noise floor
+    return wave, [int(round(t * SR)) for t, _, _ in plan], hits
+
+
+def fake_predict(segment: torch.Tensor) -> np.ndarray:
+    """Classifies the training crop (find_onset + duration) of a segment by the spectrum of its first 50 ms:
+    a segment that did not start just before its hit would be classified from another hit's crop."""
+    crop = au.prepare_waveform(segment, CFG).numpy().astype(np.float64)[: int(0.05 * SR)]
+    power = np.abs(np.fft.rfft(crop)) ** 2 + 1e-12
+    freqs = np.fft.rfftfreq(len(crop), 1 / SR)
+    low = power[freqs < 600].sum() / power.sum()
+    high = power[(freqs > 2000) & (freqs < 4000)].sum() / power.sum()
+    scores = np.array([10 * low - 3, 10 * high - 3, 0.0])
+    e = np.exp(scores - scores.max())
+    return e / e.sum()
+
+
+def _label(p):
+    return KINDS[int(np.argmax(p))]
+
+
+# ------------------------------------------------------------------ detection
+def test_every_hit_found_within_10ms_and_nothing_else():
+    wave, placed, _ = make_loop()
+    onsets = detect_onsets(wave, SR)
+    assert len(onsets) == len(placed), (onsets / SR, np.array(placed) / SR)
+    err_ms = np.abs(onsets - np.array(placed)) / SR * 1000
+    assert err_ms.max() <= 10.0, err_ms
+
+
+@pytest.mark.parametrize("case", ["silence", "noise_floor", "sustained_tone", "tone_chord"])
+def test_no_hit_in_silence_or_a_sustained_tone(case):
+    rng = np.random.default_rng(1)
+    t = np.arange(3 * SR) / SR
+    fade = np.clip(t / 0.3, 0, 1) ** 2                                    # a tone fading in over 0.3 s
+    wave = {"silence": np.zeros_like(t),
+            "noise_floor": 3e-4 * rng.standard_normal(len(t)),            # -70 dBFS hiss
+            "sustained_tone": 0.5 * fade * np.sin(2 * np.pi * 440 * t),
+            "tone_chord": 0.3 * fade * (np.sin(2 * np.pi * 220 * t) + np.sin(2 * np.pi * 1320 * t))}[case]
+    assert len(detect_onsets(wave.astype(np.float32), SR)) == 0
+
+
+def test_hits_over_a_sustained_tone_are_found():
+    t = np.arange(int(2.6 * SR)) / SR
+    tone = (0.2 * np.sin(2 * np.pi * 330 * t)).astype(np.float32)
+    tone[: int(0.3 * SR)] *= np.linspace(0, 1, int(0.3 * SR)) ** 2
+    plan = [(0.5, "noise", 0.7), (0.9, "high", 0.6), (1.5, "noise", 0.4)]
+    wave, placed, _ = make_loop(plan, background=tone)
+    onsets = detect_onsets(wave, SR)
+    assert len(onsets) == len(placed)
+    assert np.abs(onsets - np.array(placed)).max() <= 0.010 * SR
+
+
+def test_min_gap_merges_hits_closer_than_it():
+    wave, placed, _ = make_loop([(0.2, "noise", 0.7), (0.245, "noise", 0.7)])
+    assert len(detect_onsets(wave, SR)) == 2
+    assert len(detect_onsets(wave, SR, OnsetParams(min_gap_ms=60.0))) == 1
+
+
+# ------------------------------------------------------------------ streaming
+@pytest.mark.parametrize("chunking", ["one_sample_then_small", "random", "frames"])
+def test_stream_in_small_chunks_gives_the_offline_segments(chunking):
+    wave, _, _ = make_loop()
+    ref = segments(wave, SR, CFG.duration, CFG.onset_pre_ms)
+    rng = np.random.default_rng(2)
+    det = OnsetDetector(SR, CFG.duration, CFG.onset_pre_ms)
+    got, pos = [], 0
+    while pos < len(wave):
+        n = {"one_sample_then_small": 1 if pos < 2000 else 37, "random": int(rng.integers(1, 700)),
+             "frames": 256}[chunking]
+        for s in det.feed(wave[pos:pos + n]):
+            got.append(s)
+            assert s.end <= pos + n                        # emitted only once its audio has arrived ...
+            assert s.ready_at == pos + n
+        pos += n
+    for s in det.flush():
+        got.append(s)
+    assert [(s.onset, s.start, s.end) for s in got] == [(s.onset, s.start, s.end) for s in ref]
+    assert all(np.array_equal(a.audio, b.audio) for a, b in zip(got, ref))
+    # ... and, except at the end of the stream, at most the detector's latency after the onset
+    lat = det.latency_samples + 700
+    assert all(s.ready_at - s.onset <= lat for s in got[:-1])
+
+
+def test_stream_memory_stays_bounded():
+    """A long stream keeps only the pending segments and about one frame of audio."""
+    wave, _, _ = make_loop()
+    long = np.tile(wave, 8)                                     # 21 s, 80 hits
+    det = OnsetDetector(SR, CFG.duration, CFG.onset_pre_ms)
+    n_segments, biggest, most_flux = 0, 0, 0
+    for i in range(0, len(long), 4000):
+        n_segments += len(det.feed(long[i:i + 4000]))
+        biggest, most_flux = max(biggest, len(det.buf)), max(most_flux, len(det.recent_flux))
+    n_segments += len(det.flush())
+    assert n_segments == 8 * len(PLAN)
+    assert biggest <= int((CFG.duration + 0.1) * SR) + 4000 + det.lookback
+    assert most_flux <= 100
+
+
+def test_stream_hits_equal_classify_hits():
+    wave, _, _ = make_loop()
+    offline = classify_hits(wave, SR, fake_predict, CFG.duration, CFG.onset_pre_ms, KINDS)
+    chunks = (wave[i:i + 160] for i in range(0, len(wave), 160))       # 10-ms chunks
+    streamed = list(stream_hits(chunks, SR, fake_predict, CFG.duration, CFG.onset_pre_ms, KINDS))
+    assert [(h.time_s, h.label) for h in streamed] == [(h.time_s, h.label) for h in offline]
+    assert all(np.array_equal(a.probs, b.probs) for a, b in zip(streamed, offline))
+    assert all(h.ready_s >= h.end_s - 1e-9 for h in streamed)
+
+
+def test_nan_in_a_stream_is_a_clear_error():
+    det = OnsetDetector(SR, CFG.duration)
+    det.feed(np.zeros(1000, np.float32))
+    with pytest.raises(ValueError, match="NaN"):
+        det.feed(np.array([0.0, np.nan], np.float32))
+
+
+# ------------------------------------------------------------------ classification
+def test_labels_equal_classifying_each_hit_alone():
+    wave, placed, alone = make_loop()
+    hits = classify_hits(wave, SR, fake_predict, CFG.duration, CFG.onset_pre_ms, KINDS)
+    assert len(hits) == len(placed)
+    expected = [_label(fake_predict(torch.from_numpy(x))) for x in alone]
+    assert [h.label for h in hits] == expected
+    assert expected == [k for _, k, _ in PLAN]                  # the fake classifier itself is right
+    for h, n in zip(hits, placed):
+        assert abs(h.time_s - n / SR) <= 0.010
+        assert h.start_s <= max(0.0, h.time_s - CFG.onset_pre_ms / 1000) and h.end_s <= h.start_s + CFG.duration + 0.011
+
+
+def test_segments_stop_at_the_next_hit():
+    """The first of two hits 60 ms apart is classified without the second one's attack."""
+    wave, placed, _ = make_loop()
+    segs = segments(wave, SR, CFG.duration, CFG.onset_pre_ms)
+    i = placed.index(int(0.30 * SR))
+    assert segs[i].end == segs[i + 1].start and segs[i].end < placed[i + 1]
+    assert segs[-1].end - segs[-1].start == int(0.010 * SR) + int(CFG.duration * SR) - int(0.005 * SR) or \
+        segs[-1].end == len(wave)
+
+
+def _checkpoint(path, cfg=CFG, seed=0):
+    torch.manual_seed(seed)
+    model = models.build_model("cnn", num_classes=len(KINDS), n_mels=cfg.n_mels, n_frames=cfg.n_frames, preset="tiny")
+    meta = {"class_names": KINDS, "feature_config": cfg.to_dict(),
+            "normalization": {"mean": [-8.0] * cfg.n_mels, "std": [3.0] * cfg.n_mels},
+            "task": {"type": "multiclass"}, "metrics": {}, "model_name": "cnn"}
+    return save_checkpoint(path, model, meta)
+
+
+def _predictor(path):
+    """The checkpoint's predictor and its one-waveform classifier (the new classify.predictor when merged)."""
+    try:
+        from classify.predictor import Predictor
+    except ImportError:
+        from inference import Predictor
+    pred = Predictor(path, "cpu")
+    fn = getattr(pred, "predict_waveform", None) or (lambda w: pred.predict(pred.prepare(w)[None])[0])
+    return pred, fn
+
+
+def test_one_shot_file_gives_the_evaluation_path_probabilities(tmp_path):
+    """A one-shot file is one hit, classified from exactly the crop training takes from the file."""
+    pred, predict_waveform = _predictor(_checkpoint(tmp_path / "hits.safetensors"))
+    rng = np.random.default_rng(5)
+    for k, (kind, lead) in enumerate(zip(KINDS * 2, [0.03, 0.0, 0.002, 0.03, 0.001, 0.0])):
+        # a hit after some silence, and hits that start within the pre-roll (the crop then starts at sample 0)
+        x = np.concatenate([np.zeros(int(lead * SR) + 17 * k, np.float32), synth_hit(kind, 0.7, rng, 0.6)])
+        f = tmp_path / f"{kind}{k}.wav"
+        sf.write(f, x, SR, subtype="FLOAT")
+        wave = au.load_audio(f, pred.cfg.sample_rate)
+        hits = classify_hits(wave, pred.cfg.sample_rate, predict_waveform, pred.cfg.duration, pred.cfg.onset_pre_ms,
+                             pred.class_names)
+        assert len(hits) == 1
+        # training's featurisation of the file (features_from_file), normalised, through the model
+        feats = (au.features_from_file(f, pred.cfg) - pred.normalization[0]) / pred.normalization[1]
+        with torch.inference_mode():
+            expected = torch.softmax(pred.model(feats[None]), -1)[0].numpy()
+        np.testing.assert_allclose(hits[0].probs, expected, rtol=0, atol=1e-6)
+        assert abs(hits[0].time_s - (int(lead * SR) + 17 * k) / SR) <= 0.003
+
+
+def test_segments_are_resampled_to_the_model_rate():
+    wave, placed, _ = make_loop()
+    wave48 = au.resample(torch.from_numpy(wave), SR, 48000).numpy()
+    seen = []
+
+    def predict(seg):
+        seen.append(len(seg))
+        return fake_predict(seg)
+
+    hits = classify_hits(wave48, 48000, predict, CFG.duration, CFG.onset_pre_ms, KINDS, model_rate=SR)
+    assert [h.label for h in hits] == [k for _, k, _ in PLAN]
+    assert max(seen) <= int((CFG.duration + 0.005) * SR) + 2
+    assert np.abs(np.array([h.time_s for h in hits]) - np.array(placed) / SR).max() <= 0.010
+
+
+# ------------------------------------------------------------------ output
+def test_print_hits_one_line_per_hit_as_it_arrives():
+    wave, placed, _ = make_loop()
+    lines = []
+
+    class Out:                                          # records what had been printed when each hit was made
+        def write(self, text):
+            lines.extend(t for t in text.splitlines() if t)
+
+        def flush(self):
+            pass
+
+    produced = []
+
+    def hits():
+        chunks = (wave[i:i + 160] for i in range(0, len(wave), 160))
+        for h in stream_hits(chunks, SR, fake_predict, CFG.duration, CFG.onset_pre_ms, KINDS):
+            produced.append(len(lines))
+            yield h
+
+    got = print_hits(hits(), Out(), class_names=KINDS)
+    assert produced == list(range(len(placed)))          # each line printed before the next hit was computed
+    assert len(lines) == len(placed) == len(got)
+    assert [ln.split()[2] for ln in lines] == [k for _, k, _ in PLAN]
+    assert all(abs(float(ln.split()[0]) - n / SR) <= 0.010 for ln, n in zip(lines, placed))
+    lines.clear()
+    print_hits(got[:2], Out(), as_json=True, class_names=KINDS, top_k=3, source="loop.wav")
+    recs = [json.loads(ln) for ln in lines]
+    assert [r["file"] for r in recs] == ["loop.wav"] * 2 and len(recs[0]["top"]) == 3
+
+
+def test_text_line_and_json_record():
+    h = Hit(time_s=0.5123, label="snare", prob=0.934, probs=np.array([0.934, 0.05, 0.016]), start_s=0.5023,
+            end_s=0.8723)
+    assert format_hit(h) == "0.512 s  snare  0.93"
+    rec = hit_record(h, ["snare", "kick", "hihat"], top_k=2)
+    assert json.loads(json.dumps(rec)) == {"time_s": 0.5123, "label": "snare", "prob": 0.934,
+                                           "segment_s": [0.5023, 0.8723],
+                                           "top": [{"label": "snare", "prob": 0.934}, {"label": "kick", "prob": 0.05}]}
+
+
+def test_timeline_png_for_hits_and_windows(tmp_path):
+    wave, _, _ = make_loop()
+    hits = classify_hits(wave, SR, fake_predict, CFG.duration, CFG.onset_pre_ms, KINDS)
+    for name, kw in (("hits.png", {"hits": hits}),
+                     ("windows.png", {"windows": [(0.0, 1.0, "dog", 0.9), (0.5, 1.5, "rain", 0.6)]})):
+        out = plot_timeline(tmp_path / name, wave, SR, title="loop.wav", **kw)
+        assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and out.stat().st_size > 5000
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["hits.png", "windows.png"]      # no temp files left
+    with pytest.raises(ValueError, match="png"):
+        plot_timeline(tmp_path / "x.jpg", wave, SR)
+    with pytest.raises(ValueError, match="directory not found"):
+        plot_timeline(tmp_path / "missing" / "x.png", wave, SR)
+
+
+# ------------------------------------------------------------------ reference
+def test_onset_strength_and_onsets_agree_with_librosa():
+    librosa = pytest.importorskip("librosa")
+    wave, placed, _ = make_loop()
+    wave = wave + 1e-3 * np.random.default_rng(3).standard_normal(len(wave)).astype(np.float32)
+    p = OnsetParams(frame_ms=20.0, hop_ms=5.0)                 # 320-sample frames = 4 hops of 80
+    det = OnsetDetector(SR, CFG.duration, params=p, keep_flux=True)
+    mine = [s.onset for s in det.feed(wave) + det.flush()]
+    ours = np.asarray(det.flux)
+    ref = librosa.onset.onset_strength(y=wave, sr=SR, n_fft=320, hop_length=80, center=False, n_mels=40, fmin=30.0,
+                                       lag=1, max_size=1, aggregate=np.mean)
+    # our frame k covers samples [80 (k - 3), 80 (k + 1)), librosa's frame j [80 j, 80 j + 320); librosa pads
+    # its envelope by lag + n_fft // (2 hop) = 3 values, so its value i is the rise into its frame i - 2 = our i + 1
+    n = min(len(ref), len(ours) - 1)
+    corr = np.corrcoef(ours[2:1 + n], ref[1:n])[0, 1]
+    assert corr > 0.99, corr
+    lib = librosa.onset.onset_detect(y=wave, sr=SR, hop_length=80, units="time", backtrack=False)
+    assert len(lib) >= 4
+    for t in lib:                                  # every hit librosa's offline peak picking finds, we find too
+        assert np.abs(np.asarray(mine) / SR - t).min() <= 0.02, (t, np.asarray(mine) / SR)
