@@ -1,0 +1,1 @@
+"""Classify audio with any trained checkpoint: predictor, sources, evaluation and the CLI."""
