@@ -49,7 +49,7 @@ import numpy as np
 import torch
 
 import audio_utils as au
-from classify.evaluate import finite, fit, format_evaluation, run_evaluation
+from classify.evaluate import finite, format_evaluation, run_evaluation
 from classify.predictor import CHECKPOINT_DIR, Predictor, resolve_checkpoint
 from classify.sources import (FileResult, ModelError, UsageError, check_window, classify_files, display, err,
                               limit_samples, non_finite_message, one_line, read_microphone, read_pcm,
