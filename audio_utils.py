@@ -44,6 +44,7 @@ from typing import Iterable, Sequence
 
 import numpy as np
 import soundfile as sf
+import soxr
 import torch
 import torchaudio
 from einops import rearrange
@@ -144,8 +145,6 @@ def resample(wave: torch.Tensor, orig_sr: int, target_sr: int) -> torch.Tensor:
         return wave
     if orig_sr <= 0 or target_sr <= 0:
         raise ValueError(f"sample rates must be positive, got {orig_sr} -> {target_sr}")
-    import soxr
-
     x = wave.detach().to("cpu", torch.float32).numpy()
     shape = x.shape
     flat = np.ascontiguousarray(x.reshape(-1, shape[-1]).T)           # [samples, channels]
