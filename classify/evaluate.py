@@ -117,8 +117,11 @@ def evaluation_data(pred, dataset: str | None = None, data_dir: str | None = Non
         if split not in ("train", "val", "test", "all"):
             raise UsageError(f"--split must be train, val, test or all, not {split!r}")
         stored = desc if same_data else {}
-        folder_classes = list(mapping) if mapping is not None else stored.get("classes")
-        merge = stored.get("merge") if mapping is None else None
+        # the training data: list it as training did, so that a split is training's split, and
+        # choose --classes afterwards; other data: list only the chosen class folders
+        own = same_data and desc.get("kind") == "folder"
+        folder_classes = stored.get("classes") if own or mapping is None else list(mapping)
+        merge = stored.get("merge") if own or mapping is None else None
         files, labels, data_names = au.list_folder_dataset(root, folder_classes, merge)
         split_file = split_file or (stored.get("split_file") if split != "all" else None)
         seed = split_seed if split_seed is not None else int(stored.get("split_seed", 0))
@@ -132,6 +135,12 @@ def evaluation_data(pred, dataset: str | None = None, data_dir: str | None = Non
             except (OSError, ValueError) as exc:
                 raise UsageError(str(exc)) from None
             idx = parts[au.SPLITS.index(split)]
+        if mapping is not None:
+            unknown = [c for c in mapping if c not in data_names]
+            if unknown:
+                raise UsageError(f"--classes: {', '.join(unknown)} not among the dataset's classes "
+                                 f"({', '.join(data_names[:10])}{' ...' if len(data_names) > 10 else ''})")
+            idx = idx[np.isin(np.asarray(labels)[idx], [data_names.index(c) for c in mapping])]
         # the same file list as training's FolderDataset, so that its feature cache is reused
         feats = au.cached_features(files, cfg, cache_dir, progress=progress)
         feats = feats[idx] if len(idx) else feats[:0]

@@ -434,3 +434,15 @@ def test_bad_arguments_are_one_line(capsys):
     assert e.value.code == 2
     err = capsys.readouterr().err
     assert len(err.strip().splitlines()) == 1 and err.startswith("error: ")
+
+
+def test_class_subset_of_the_training_data_keeps_training_split(drum_ckpt, drum_dir, tmp_path, capsys):
+    """--classes on the checkpoint's own data chooses classes from training's split, never re-splits."""
+    def names(extra):
+        rc, out, err = run(["--checkpoint", drum_ckpt, "--evaluate", "--split", "train", "--json",
+                            "--out-dir", tmp_path / "ev", *extra], capsys)
+        assert rc == 0, err
+        with open(tmp_path / "ev" / "predictions.csv") as fh:
+            return {r["clip"] for r in csv.DictReader(fh)}
+    full, sub = names([]), names(["--classes", "kick,snare"])
+    assert sub and sub == {n for n in full if n.split("/")[0] in ("kick", "snare")}
