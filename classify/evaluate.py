@@ -106,9 +106,7 @@ def evaluation_data(pred, dataset: str | None = None, data_dir: str | None = Non
                 raise UsageError(f"--classes: {', '.join(unknown)} not among the dataset's categories")
             keep = [data_names.index(c) for c in mapping]
             idx = idx[np.isin(meta.targets[idx], keep)]
-        # decode only the requested folds (and classes)
-        feats = au.cached_features([meta.files[i] for i in idx], cfg, cache_dir,
-                                   min_seconds=0.98 * cfg.duration, progress=progress)
+        feats = _esc50_features(meta, idx, cfg, cache_dir, progress)
         data_labels = [data_names[t] for t in meta.targets[idx]]
         names = [meta.names[i] for i in idx]
         info = {"dataset": "esc50", "root": str(root), "folds": list(folds)}
@@ -159,6 +157,18 @@ def evaluation_data(pred, dataset: str | None = None, data_dir: str | None = Non
     labels = _checkpoint_labels(pred, data_labels, mapping)
     info["same_split_as_training_test"] = bool(same_split)
     return EvalData(feats, labels, names, info)
+
+
+def _esc50_features(meta, idx: np.ndarray, cfg, cache_dir, progress: bool):
+    """Log-mels of the clips ``idx``: from training's cache of all clips when it exists (memory-
+    mapped), else decoding only those clips (and caching them under their own key)."""
+    min_seconds = 0.98 * cfg.duration
+    cache = Path(cache_dir or os.environ.get("AUDIO_CACHE_DIR") or au.DEFAULT_CACHE_DIR)
+    whole = cache / f"{au._cache_key(meta.files, cfg, extra=f'min{min_seconds}')}.npy"
+    if whole.exists():
+        return au.cached_features(meta.files, cfg, cache_dir, min_seconds=min_seconds)[idx]
+    return au.cached_features([meta.files[i] for i in idx], cfg, cache_dir, min_seconds=min_seconds,
+                              progress=progress)
 
 
 def _checkpoint_labels(pred, data_labels: list[str], mapping: dict[str, str] | None) -> np.ndarray:

@@ -34,7 +34,7 @@ DEFAULT_CHECKPOINTS = ("liquid_s4_esc50.safetensors", "mamba_esc50.safetensors",
 # Bounds on checkpoint metadata, checked before anything is allocated.
 LIMITS = {"sample_rate": (1000, 768_000), "n_fft": (8, 65_536), "hop_length": (1, 65_536), "n_mels": (1, 2048),
           "n_frames": (1, 200_000), "num_samples": (1, 48_000 * 600), "classes": (1, 100_000),
-          "eval_crops": (1, 256), "weights": (1, 2_000_000_000)}
+          "eval_crops": (1, 256), "weights": (1, 2_000_000_000), "config_value": (-1_000_000, 1_000_000)}
 
 
 # --------------------------------------------------------------------------------------------
@@ -127,6 +127,21 @@ def _float_in(name: str, value, lo: float, hi: float) -> float:
     return float(value)
 
 
+def _check_numbers(name: str, value) -> None:
+    """Every number in a (nested) config finite and at most LIMITS["config_value"] in size: a
+    model is built from it (on the meta device, but a depth of 10**9 would still take forever)."""
+    if isinstance(value, dict):
+        for k, v in value.items():
+            _check_numbers(f"{name}.{k}", v)
+    elif isinstance(value, (list, tuple)):
+        for i, v in enumerate(value):
+            _check_numbers(f"{name}[{i}]", v)
+    elif isinstance(value, (int, float)) and not isinstance(value, bool):
+        lo, hi = LIMITS["config_value"]
+        if not (math.isfinite(value) and lo <= value <= hi):
+            raise ValueError(f"{name} = {value} is outside [{lo}, {hi}]")
+
+
 def check_feature_config(d) -> au.FeatureConfig:
     """The FeatureConfig of a checkpoint, every size bounded (ValueError otherwise)."""
     if not isinstance(d, dict):
@@ -189,6 +204,7 @@ def check_meta(meta: dict, path: Path) -> tuple[au.FeatureConfig, list[str], dic
             _float_in("train_config.crop", tc["crop"], 1e-3, cfg.duration + 1e-9)
         if not isinstance(meta.get("model_config") or {}, dict):
             raise ValueError("model_config is not a mapping")
+        _check_numbers("model_config", meta.get("model_config") or {})
     except (KeyError, TypeError, ValueError, AttributeError) as exc:
         raise CheckpointError(f"{path}: invalid metadata ({type(exc).__name__}: {exc})") from None
     stats = (torch.as_tensor(mean, dtype=torch.float32), torch.as_tensor(std, dtype=torch.float32))

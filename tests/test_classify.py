@@ -293,7 +293,7 @@ def test_binary_metrics_all_use_the_stored_threshold(esc50_flac, tmp_path, capsy
 
 
 # ------------------------------------------------------------------ 6. metadata checks
-@pytest.mark.parametrize("case", ["n_fft", "duration", "channels", "no_norm", "n_mels_norm"])
+@pytest.mark.parametrize("case", ["n_fft", "duration", "channels", "huge_value", "no_norm", "n_mels_norm"])
 def test_checkpoint_metadata_is_checked_before_allocation(case, tmp_path, capsys):
     cfg, kw = SMALL, {}
     if case == "n_fft":
@@ -301,7 +301,9 @@ def test_checkpoint_metadata_is_checked_before_allocation(case, tmp_path, capsys
     elif case == "duration":
         cfg = au.FeatureConfig(**{**SMALL.to_dict(), "duration": 1e12})
     elif case == "channels":
-        kw["model_config"] = {"channels": [10 ** 6, 10 ** 6, 10 ** 6, 10 ** 6]}
+        kw["model_config"] = {"channels": [4, 8, 8, 10 ** 6]}       # 72 M weights the file does not hold
+    elif case == "huge_value":
+        kw["model_config"] = {"channels": [4, 8, 8, 10 ** 9]}
     elif case == "no_norm":
         kw["norm"] = False
     path = tmp_path / f"bad_{case}.safetensors"
