@@ -562,7 +562,7 @@ def _cache_key(files: Sequence[Path], cfg: FeatureConfig, extra: str = "") -> st
     h.update(json.dumps({"v": CACHE_VERSION, "cfg": cfg.to_dict(), "extra": extra}, sort_keys=True).encode())
     for p in files:
         st = p.stat()
-        h.update(f"{p.name}|{st.st_size}|{st.st_mtime_ns}\n".encode())
+        h.update(f"{p.name}|{st.st_size}|{st.st_mtime_ns}\n".encode("utf-8", "surrogateescape"))  # any file name
     return h.hexdigest()[:20]
 
 

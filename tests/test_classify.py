@@ -448,3 +448,17 @@ def test_class_subset_of_the_training_data_keeps_training_split(drum_ckpt, drum_
             return {r["clip"] for r in csv.DictReader(fh)}
     full, sub = names([]), names(["--classes", "kick,snare"])
     assert sub and sub == {n for n in full if n.split("/")[0] in ("kick", "snare")}
+
+
+def test_evaluate_a_folder_with_a_name_that_is_not_utf8(tmp_path, capsys):
+    root = tmp_path / "data"
+    rng = np.random.default_rng(0)
+    for i, c in enumerate(CLASSES):
+        (root / c).mkdir(parents=True)
+        sf.write(root / c / "ok.wav", synth_clip(i, 8000, 0.5, rng), 8000)
+    sf.write(bytes(root / "low_tone") + b"/d\xe9j\xe0.wav", synth_clip(0, 8000, 0.5, rng), 8000, format="WAV")
+    ckpt = make_ckpt(tmp_path / "s.safetensors", SMALL, CLASSES)
+    rc, out, err = run(["--checkpoint", ckpt, "--evaluate", "--dataset", "folder", "--data-dir", root,
+                        "--split", "all", "--json", "--out-dir", tmp_path / "ev"], capsys)
+    assert rc == 0, err
+    assert json.loads(out)["n"] == 4 and "d\\xe9j\\xe0.wav" in (tmp_path / "ev" / "predictions.csv").read_text()
