@@ -824,9 +824,9 @@ def stratified_split(labels: Sequence[int], fractions: Sequence[float] = (0.7, 0
     reproduce) deals the groups of each class separately: whole groups, in a random order, to the
     part furthest below its share of the class. ``group_scope="dataset"`` treats a group as a unit
     across classes (a speaker, a drum machine: it never appears in two parts) and deals the groups,
-    largest first, to the part furthest below its share of the whole dataset, so that part sizes
-    come as close to ``fractions`` as the group sizes allow (every part gets a group when there are
-    enough groups).
+    largest first, to the part whose per-class counts it brings closest to their shares, so that
+    part sizes, and each class within them, come as close to ``fractions`` as the group sizes allow
+    (every part gets a group when there are enough groups).
     """
     labels = np.asarray(labels)
     rng = np.random.default_rng(seed)
@@ -837,7 +837,7 @@ def stratified_split(labels: Sequence[int], fractions: Sequence[float] = (0.7, 0
     if groups is not None:
         keys = np.asarray([str(g) for g in groups])
         if group_scope == "dataset":
-            return _balanced_group_split(keys, fr, rng)
+            return _balanced_group_split(labels, keys, fr, rng)
         return _grouped_split(labels, keys, fr, rng)
     for c in np.unique(labels):
         idx = rng.permutation(np.flatnonzero(labels == c))
@@ -869,16 +869,25 @@ def _grouped_split(labels: np.ndarray, groups: np.ndarray, fr: np.ndarray, rng) 
     return [np.sort(np.asarray(p, dtype=np.int64)) for p in parts]
 
 
-def _balanced_group_split(groups: np.ndarray, fr: np.ndarray, rng) -> list[np.ndarray]:
+def _balanced_group_split(labels: np.ndarray, groups: np.ndarray, fr: np.ndarray, rng) -> list[np.ndarray]:
+    """Whole groups, largest first, each to the part where it most reduces the squared distance of
+    the part sizes and of the per-class counts from their targets (``fr`` x size): the split sizes
+    approach the fractions, and every class is spread over the parts as evenly as groups allow."""
     keys, inverse, sizes = np.unique(groups, return_inverse=True, return_counts=True)
-    order = rng.permutation(len(keys))                      # random among equal sizes
-    order = order[np.argsort(-sizes[order], kind="stable")]  # then largest first
-    target, have = fr * len(groups), np.zeros(len(fr))
+    classes, y = np.unique(labels, return_inverse=True)
+    comp = np.zeros((len(keys), len(classes)))                  # group x class counts
+    np.add.at(comp, (inverse, y), 1)
+    target = fr[:, None] * comp.sum(0)[None, :]                 # part x class
+    have = np.zeros_like(target)
+    order = rng.permutation(len(keys))                          # random among equal sizes
+    order = order[np.argsort(-sizes[order], kind="stable")]      # then largest first
     assign = np.zeros(len(keys), dtype=np.int64)
     for g in order:
-        part = int(np.argmax(target - have))
+        s = sizes[g]                                                # change of the squared errors
+        cost = (comp[g] * (2 * (have - target) + comp[g])).sum(1) + s * (2 * (have - target).sum(1) + s)
+        part = int(np.argmin(np.where(fr > 0, cost, np.inf)))
         assign[g] = part
-        have[part] += sizes[g]
+        have[part] += comp[g]
     # a part left empty takes the smallest group of the part with the most groups
     for part in np.flatnonzero(fr > 0):
         if (assign == part).any():
