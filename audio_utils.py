@@ -36,7 +36,6 @@ import json
 import math
 import os
 import stat
-import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -56,8 +55,7 @@ CACHE_VERSION = 2   # 2: soxr resampling
 # containers (``.opus`` and ``.oga`` are Ogg, ``.aif``/``.aifc`` AIFF, ...). RAW needs its layout
 # spelled out, so headerless files are not listed.
 _FORMAT_ALIASES = {"OGG": (".oga", ".opus"), "AIFF": (".aif", ".aifc"), "AU": (".snd",), "IRCAM": (".sf",),
-                   "WAVEX": (".wav",), "SVX": (".8svx",),
-                   "NIST": (".sph",), "SD2": (".sd2",)}
+                   "WAVEX": (".wav",), "SVX": (".8svx",), "NIST": (".sph",)}
 AUDIO_EXTENSIONS = tuple(sorted({f".{name.lower()}" for name in sf.available_formats() if name != "RAW"}
                                 | {a for name in sf.available_formats() for a in _FORMAT_ALIASES.get(name, ())}))
 
