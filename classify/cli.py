@@ -210,7 +210,7 @@ def _positive(typ):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = _Parser(prog="inference.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = _Parser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("paths", nargs="*", help="audio files and/or directories (searched recursively)")
     c = p.add_argument_group("checkpoint and device")
     c.add_argument("--checkpoint", help="a .safetensors file, a run directory, or a shipped name such as mamba "
@@ -331,3 +331,7 @@ def main(argv=None) -> int:
             raise
         err(f"error: {type(exc).__name__}: {one_line(exc, 300)} (--debug shows details)")
         return EXIT_USAGE
+
+
+if __name__ == "__main__":
+    sys.exit(main())
