@@ -3,8 +3,8 @@
 
     nice -n 19 python benchmarks/bench_resample.py [--seconds 1] [--target 44100] [--torchaudio 48000,96000,8000]
 
-Each case runs in a fresh process (time: best of 3 calls; peak resident memory = ``ru_maxrss`` of that process, which
-includes the ~0.3-0.5 GB of importing torch; the "import only" row gives that baseline). Accuracy:
+Each case runs in a fresh process (time: best of 3 calls; peak resident memory = ``VmHWM`` of
+that process, which includes importing torch and torchaudio: the "import only" row). Accuracy:
 a 997-Hz sine at the source rate, resampled, against the exact sine at the target rate (10-ms
 edges excluded). ``--torchaudio RATES`` adds torchaudio's sinc resampler (the previous
 implementation) for those rates, one process each with a 120-s limit -- it needs many GB for the odd rates.
@@ -45,7 +45,11 @@ if impl != "none":
     ref = np.sin(2 * np.pi * 997.0 * np.arange(len(y)) / target)
     e = int(0.01 * target)
     out["max_err"] = float(np.abs(y[e:-e] - ref[e:-e]).max())
-out["peak"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+try:  # VmHWM: the peak of this process (ru_maxrss would include the parent's, it survives execve)
+    import re
+    out["peak"] = int(re.search(r"VmHWM:\s+(\d+) kB", open("/proc/self/status").read()).group(1)) * 1024
+except OSError:
+    out["peak"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 print(json.dumps(out))
 """
 
