@@ -7,7 +7,8 @@ Each case runs in a fresh process (time: best of 3 calls; peak resident memory =
 that process, which includes importing torch and torchaudio: the "import only" row). Accuracy:
 a 997-Hz sine at the source rate, resampled, against the exact sine at the target rate (10-ms
 edges excluded). ``--torchaudio RATES`` adds torchaudio's sinc resampler (the previous
-implementation) for those rates, one process each with a 120-s limit -- it needs many GB for the odd rates.
+implementation) for those rates, one process each with a 120-s limit (issue 14 reports GBs and
+tens of seconds for the odd rates, so they are opt-in: ``--torchaudio all``).
 Output: printed and written to results/bench_resample.txt (unless --no-save).
 """
 from __future__ import annotations
@@ -73,7 +74,7 @@ def main(argv=None) -> int:
     p.add_argument("--target", type=int, default=44100)
     p.add_argument("--torchaudio", default="", metavar="RATES",
                    help="also time torchaudio's resampler for these source rates, e.g. 48000,96000 "
-                        "('all': every rate; the odd ones need many GB and tens of seconds)")
+                        "('all': every rate, including the odd ones that issue 14 reports as needing GBs)")
     p.add_argument("--no-save", action="store_true")
     args = p.parse_args(argv)
     gb = 1 << 30
