@@ -5,7 +5,7 @@ Every model in this repository is fed by this module, so that preprocessing is i
 Pipeline
 --------
 1. ``load_audio``: any file soundfile reads (wav, flac, ogg, mp3, aiff, ...; any rate, mono or
-   multi-channel) -> mono float32 at ``FeatureConfig.sample_rate`` (torchaudio resampling).
+   multi-channel) -> mono float32 at ``FeatureConfig.sample_rate`` (libsoxr resampling).
 2. ``LogMel``: power mel spectrogram (torchaudio) -> ``log(mel + 1e-6)``, layout ``[time, mel]``.
    ESC-50 defaults: 16 kHz, n_fft 1024, hop 512, 128 mel bins; a 5-s clip gives 157 frames
    (``center=True``), which are cropped to exactly 155 (centre crop in evaluation, a random
@@ -30,11 +30,12 @@ the patch flattened time-major (``8 * 16 = 128`` values). ``patch_f = 128`` give
 from __future__ import annotations
 
 import csv
+import errno
 import hashlib
 import json
 import math
 import os
-import threading
+import stat
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -42,14 +43,21 @@ from typing import Iterable, Sequence
 
 import numpy as np
 import soundfile as sf
+import soxr
 import torch
 import torchaudio
 from einops import rearrange
 
 REPO_ROOT = Path(__file__).resolve().parent
 DEFAULT_CACHE_DIR = REPO_ROOT / "data" / "cache"
-CACHE_VERSION = 1
-AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg", ".oga", ".mp3", ".aiff", ".aif", ".aifc", ".au", ".w64", ".rf64", ".caf")
+CACHE_VERSION = 2   # 2: soxr resampling
+# every container soundfile (libsndfile) reads, by its format name, plus the usual aliases of those
+# containers (``.opus`` and ``.oga`` are Ogg, ``.aif``/``.aifc`` AIFF, ...). RAW needs its layout
+# spelled out, so headerless files are not listed.
+_FORMAT_ALIASES = {"OGG": (".oga", ".opus"), "AIFF": (".aif", ".aifc"), "AU": (".snd",), "IRCAM": (".sf",),
+                   "WAVEX": (".wav",), "SVX": (".8svx",), "NIST": (".sph",)}
+AUDIO_EXTENSIONS = tuple(sorted({f".{name.lower()}" for name in sf.available_formats() if name != "RAW"}
+                                | {a for name in sf.available_formats() for a in _FORMAT_ALIASES.get(name, ())}))
 
 
 class AudioError(ValueError):
@@ -170,29 +178,53 @@ class AugmentConfig:
 # --------------------------------------------------------------------------------------------
 # Loading
 # --------------------------------------------------------------------------------------------
-_resamplers: dict[tuple[int, int], torchaudio.transforms.Resample] = {}
-_resampler_lock = threading.Lock()
-
-
 def resample(wave: torch.Tensor, orig_sr: int, target_sr: int) -> torch.Tensor:
-    """Resample ``[..., samples]`` with torchaudio (windowed sinc; kernels cached per rate pair)."""
+    """Resample ``[..., samples]`` float32 with libsoxr (``soxr`` package, "HQ" quality).
+
+    Time and memory are bounded for any pair of rates (soxr's filters do not grow with the reduced
+    rate ratio, unlike a polyphase sinc kernel: 39063 -> 44100 Hz costs what 48000 -> 44100 does).
+    The output has ``round(samples * target_sr / orig_sr)`` samples.
+    """
+    orig_sr, target_sr = int(orig_sr), int(target_sr)
     if orig_sr == target_sr:
         return wave
-    key = (int(orig_sr), int(target_sr))
-    with _resampler_lock:
-        rs = _resamplers.get(key)
-        if rs is None:
-            rs = _resamplers[key] = torchaudio.transforms.Resample(*key)
-    return rs(wave)
+    if orig_sr <= 0 or target_sr <= 0:
+        raise ValueError(f"sample rates must be positive, got {orig_sr} -> {target_sr}")
+    x = wave.detach().to("cpu", torch.float32).numpy()
+    shape = x.shape
+    flat = np.ascontiguousarray(x.reshape(-1, shape[-1]).T)           # [samples, channels]
+    if flat.shape[0] == 0:
+        return torch.zeros(*shape[:-1], 0)
+    y = soxr.resample(flat, orig_sr, target_sr, quality="HQ")
+    return torch.from_numpy(np.ascontiguousarray(y.T)).reshape(*shape[:-1], y.shape[0])
+
+
+def _kind(mode: int) -> str:
+    for test, name in ((stat.S_ISDIR, "a directory"), (stat.S_ISFIFO, "a FIFO (named pipe)"),
+                       (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"),
+                       (stat.S_ISSOCK, "a socket")):
+        if test(mode):
+            return name
+    return "not a regular file"
 
 
 def _check_path(path: Path) -> None:
-    if not path.exists():
-        raise AudioError(f"{path}: file not found")
-    if path.is_dir():
-        raise AudioError(f"{path}: is a directory, not an audio file")
-    if path.stat().st_size == 0:
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        dangling = os.path.islink(path)
+        raise AudioError(f"{path}: {'dangling symbolic link' if dangling else 'file not found'}") from None
+    except OSError as exc:
+        raise AudioError(f"{path}: cannot access ({exc.strerror or exc})") from None
+    if not stat.S_ISREG(st.st_mode):
+        raise AudioError(f"{path}: is {_kind(st.st_mode)}, not an audio file")
+    if st.st_size == 0:
         raise AudioError(f"{path}: empty file (0 bytes)")
+
+
+def _sf_name(path: Path) -> bytes:
+    """The path as bytes for soundfile, which cannot encode names that are not valid UTF-8."""
+    return os.fsencode(path)
 
 
 def audio_info(path: str | os.PathLike) -> sf._SoundFileInfo:
@@ -200,7 +232,7 @@ def audio_info(path: str | os.PathLike) -> sf._SoundFileInfo:
     path = Path(path)
     _check_path(path)
     try:
-        return sf.info(str(path))
+        return sf.info(_sf_name(path))
     except Exception as exc:  # libsndfile's messages are clear but verbose
         raise AudioError(f"{path}: not a readable audio file ({_short(exc)})") from None
 
@@ -230,7 +262,7 @@ def load_audio(path: str | os.PathLike, sample_rate: int = 16000) -> torch.Tenso
     path = Path(path)
     _check_path(path)
     try:
-        data, sr = sf.read(str(path), dtype="float32", always_2d=True)
+        data, sr = sf.read(_sf_name(path), dtype="float32", always_2d=True)
     except Exception as exc:
         raise AudioError(f"{path}: not a readable audio file ({_short(exc)})") from None
     mono = torch.from_numpy(_to_mono_checked(data, path))
@@ -252,7 +284,7 @@ def iter_audio_blocks(path: str | os.PathLike, sample_rate: int, block_seconds: 
     if step <= 0:
         raise ValueError("overlap must be shorter than the block")
     try:
-        with sf.SoundFile(str(path)) as f:
+        with sf.SoundFile(_sf_name(path)) as f:
             start = 0
             while start < info.frames:
                 f.seek(start)
@@ -693,7 +725,7 @@ def _cache_key(files: Sequence[Path], cfg: FeatureConfig, extra: str = "") -> st
     h.update(json.dumps({"v": CACHE_VERSION, "cfg": cfg.to_dict(), "extra": extra}, sort_keys=True).encode())
     for p in files:
         st = p.stat()
-        h.update(f"{p.name}|{st.st_size}|{st.st_mtime_ns}\n".encode())
+        h.update(f"{p.name}|{st.st_size}|{st.st_mtime_ns}\n".encode("utf-8", "surrogateescape"))  # any file name
     return h.hexdigest()[:20]
 
 
@@ -931,14 +963,78 @@ def ESC50Dataset(root: str | os.PathLike, folds: Iterable[int] = (1, 2, 3), mode
 # --------------------------------------------------------------------------------------------
 # Class-per-folder datasets (e.g. drum one-shots)
 # --------------------------------------------------------------------------------------------
+def list_audio_files(root: str | os.PathLike, skipped: list | None = None) -> list[Path]:
+    """Audio files under ``root`` (recursively, sorted; hidden names starting with ``.`` ignored).
+
+    A file counts as audio by its extension (``AUDIO_EXTENSIONS``, any case). What cannot be listed
+    is appended to ``skipped`` as ``(path, reason)``: unreadable directories, dangling symbolic
+    links, symbolic-link loops, and FIFOs / devices / sockets with an audio extension. Names need
+    not be valid UTF-8.
+    """
+    root = Path(root)
+    skipped = skipped if skipped is not None else []
+    found: list[Path] = []
+    try:
+        st = os.stat(root)
+    except OSError as exc:
+        raise FileNotFoundError(f"{root}: cannot open directory ({exc.strerror or exc})") from None
+    seen = {(st.st_dev, st.st_ino)}
+
+    def walk(d: Path) -> None:
+        try:
+            with os.scandir(d) as it:
+                entries = sorted(it, key=lambda e: e.name)
+        except OSError as exc:
+            skipped.append((d, f"cannot read directory ({exc.strerror or exc})"))
+            return
+        for e in entries:
+            if e.name.startswith("."):
+                continue
+            p = Path(e.path)
+            try:
+                st = os.stat(p)
+            except FileNotFoundError:
+                skipped.append((p, "dangling symbolic link" if e.is_symlink() else "vanished while listing"))
+                continue
+            except OSError as exc:
+                reason = "symbolic link loop" if exc.errno == errno.ELOOP else f"cannot access ({exc.strerror or exc})"
+                skipped.append((p, reason))
+                continue
+            if stat.S_ISDIR(st.st_mode):
+                key = (st.st_dev, st.st_ino)
+                if key in seen:
+                    skipped.append((p, "symbolic link loop (a directory already being listed)"))
+                    continue
+                seen.add(key)
+                walk(p)
+                seen.discard(key)
+            elif p.suffix.lower() in AUDIO_EXTENSIONS:
+                if stat.S_ISREG(st.st_mode):
+                    found.append(p)
+                else:
+                    skipped.append((p, f"is {_kind(st.st_mode)}, not an audio file"))
+
+    walk(root)
+    return found
+
+
+def _warn_skipped(skipped: list) -> None:
+    import warnings
+
+    for p, reason in skipped:
+        warnings.warn(f"skipped {p}: {reason}", stacklevel=3)
+
+
 def list_folder_dataset(root: str | os.PathLike, classes: Sequence[str] | None = None,
-                        merge: dict[str, Sequence[str]] | None = None) -> tuple[list[Path], list[int], list[str]]:
+                        merge: dict[str, Sequence[str]] | None = None,
+                        skipped: list | None = None) -> tuple[list[Path], list[int], list[str]]:
     """Files and labels of a class-per-folder tree.
 
     ``classes`` keeps only those folders (in that order); ``merge`` maps a new class to a list of
-    folders (e.g. ``{"perc": ["clap", "rim"]}``). Files whose extension is not an audio extension
-    (``AUDIO_EXTENSIONS``, any case) are ignored, and so are hidden files and folders (names
-    starting with ``.``, e.g. macOS ``._kick.wav`` resource forks, which are not audio).
+    folders (e.g. ``{"perc": ["clap", "rim"]}``). Files are listed by :func:`list_audio_files`
+    (audio extensions soundfile reads; hidden files and folders, e.g. macOS ``._kick.wav``
+    resource forks, are ignored). What could not be listed is appended to ``skipped`` as
+    ``(path, reason)``, or, when ``skipped`` is None, reported as one warning each.
     """
     root = Path(root)
     if not root.is_dir():
@@ -957,37 +1053,52 @@ def list_folder_dataset(root: str | os.PathLike, classes: Sequence[str] | None =
             raise ValueError(f"{root}: unknown class(es) {unknown}; have {sorted(groups)}")
         groups = {c: groups[c] for c in classes}
     class_names = list(groups) if classes is not None else sorted(groups)
-    files, labels = [], []
+    files, labels, lost = [], [], []
     for ci, cname in enumerate(class_names):
         for folder in groups[cname]:
             d = root / folder
             if not d.is_dir():
                 raise ValueError(f"{root}: class folder '{folder}' not found")
-            for p in sorted(d.rglob("*")):
-                hidden = any(part.startswith(".") for part in p.relative_to(d).parts)
-                if p.is_file() and p.suffix.lower() in AUDIO_EXTENSIONS and not hidden:
-                    files.append(p)
-                    labels.append(ci)
+            found = list_audio_files(d, lost)
+            files.extend(found)
+            labels.extend([ci] * len(found))
+    if skipped is None:
+        _warn_skipped(lost)
+    else:
+        skipped.extend(lost)
     if not files:
         raise ValueError(f"{root}: no audio files found in class folders")
     return files, labels, class_names
 
 
-def stratified_split(labels: Sequence[int], fractions: Sequence[float] = (0.7, 0.15, 0.15), seed: int = 0,
-                     groups: Sequence | None = None) -> list[np.ndarray]:
-    """Split indices into parts with the given fractions, per class, reproducibly from ``seed``.
+SPLITS = ("train", "val", "test")
 
-    Every class with at least ``len(fractions)`` examples gets at least one in every part.
-    ``groups`` (one key per example, e.g. the recording or instrument a take comes from) keeps
-    every group within one part: whole groups are dealt, in a random order, to the part furthest
-    below its share of the class (each part first gets one group when the class has enough).
+
+def stratified_split(labels: Sequence[int], fractions: Sequence[float] = (0.7, 0.15, 0.15), seed: int = 0,
+                     groups: Sequence | None = None, group_scope: str = "class") -> list[np.ndarray]:
+    """Split indices into parts with the given fractions, reproducibly from ``seed``.
+
+    Without ``groups`` the split is stratified: every class with at least ``len(fractions)``
+    examples gets at least one in every part. ``groups`` (one key per example) keeps every group
+    within one part. ``group_scope="class"`` (the original rule, kept so that stored splits
+    reproduce) deals the groups of each class separately: whole groups, in a random order, to the
+    part furthest below its share of the class. ``group_scope="dataset"`` treats a group as a unit
+    across classes (a speaker, a drum machine: it never appears in two parts) and deals the groups,
+    largest first, to the part whose per-class counts it brings closest to their shares, so that
+    part sizes, and each class within them, come as close to ``fractions`` as the group sizes allow
+    (every part gets a group when there are enough groups).
     """
     labels = np.asarray(labels)
     rng = np.random.default_rng(seed)
     parts: list[list[int]] = [[] for _ in fractions]
     fr = np.asarray(fractions, dtype=float) / np.sum(fractions)
+    if group_scope not in ("class", "dataset"):
+        raise ValueError(f"group_scope must be 'class' or 'dataset', not {group_scope!r}")
     if groups is not None:
-        return _grouped_split(labels, np.asarray([str(g) for g in groups]), fr, rng)
+        keys = np.asarray([str(g) for g in groups])
+        if group_scope == "dataset":
+            return _balanced_group_split(labels, keys, fr, rng)
+        return _grouped_split(labels, keys, fr, rng)
     for c in np.unique(labels):
         idx = rng.permutation(np.flatnonzero(labels == c))
         n = len(idx)
@@ -1018,37 +1129,122 @@ def _grouped_split(labels: np.ndarray, groups: np.ndarray, fr: np.ndarray, rng) 
     return [np.sort(np.asarray(p, dtype=np.int64)) for p in parts]
 
 
-def file_groups(files: Sequence[Path], pattern: str) -> list[str]:
-    """Group key per file: its parent folder and stem with ``pattern`` (a regex, case-insensitive)
-    removed, e.g. ``r"-\\d+$"`` puts ``Snare-1.wav`` ... ``Snare-5.wav`` in one group."""
+def _balanced_group_split(labels: np.ndarray, groups: np.ndarray, fr: np.ndarray, rng) -> list[np.ndarray]:
+    """Whole groups, largest first, each to the part where it most reduces the squared distance of
+    the part sizes and of the per-class counts from their targets (``fr`` x size): the split sizes
+    approach the fractions, and every class is spread over the parts as evenly as groups allow."""
+    keys, inverse, sizes = np.unique(groups, return_inverse=True, return_counts=True)
+    classes, y = np.unique(labels, return_inverse=True)
+    comp = np.zeros((len(keys), len(classes)))                  # group x class counts
+    np.add.at(comp, (inverse, y), 1)
+    target = fr[:, None] * comp.sum(0)[None, :]                 # part x class
+    have = np.zeros_like(target)
+    order = rng.permutation(len(keys))                          # random among equal sizes
+    order = order[np.argsort(-sizes[order], kind="stable")]      # then largest first
+    assign = np.zeros(len(keys), dtype=np.int64)
+    for g in order:
+        s = sizes[g]                                                # change of the squared errors
+        cost = (comp[g] * (2 * (have - target) + comp[g])).sum(1) + s * (2 * (have - target).sum(1) + s)
+        part = int(np.argmin(np.where(fr > 0, cost, np.inf)))
+        assign[g] = part
+        have[part] += comp[g]
+    # a part left empty takes the smallest group of the part with the most groups
+    for part in np.flatnonzero(fr > 0):
+        if (assign == part).any():
+            continue
+        donors = np.bincount(assign, minlength=len(fr))
+        donor = int(np.argmax(donors))
+        if donors[donor] < 2:
+            break
+        cand = np.flatnonzero(assign == donor)
+        assign[cand[np.argmin(sizes[cand])]] = part
+    return [np.sort(np.flatnonzero(assign[inverse] == k)).astype(np.int64) for k in range(len(fr))]
+
+
+def file_groups(files: Sequence[Path], pattern: str, scope: str = "class") -> list[str]:
+    """Group key per file: its stem with ``pattern`` (a regex, case-insensitive) removed.
+
+    ``scope="class"``: the key also holds the parent folder, e.g. ``r"-\d+$"`` puts
+    ``Snare-1.wav`` ... ``Snare-5.wav`` of one folder in one group. ``scope="dataset"``: the stem
+    alone, so one source is one group across classes, e.g. ``r"^\d+_|_\d+$"`` turns
+    ``3_jackson_12.wav`` into the speaker ``jackson``.
+    """
     import re
 
     rx = re.compile(pattern, re.IGNORECASE)
+    if scope == "dataset":
+        return [rx.sub("", Path(f).stem) for f in files]
     return [f"{Path(f).parent.name}/{rx.sub('', Path(f).stem)}" for f in files]
+
+
+def read_split_file(path: str | os.PathLike, root: str | os.PathLike, files: Sequence[Path]) -> list[np.ndarray]:
+    """Indices of ``files`` in the train / val / test parts listed by a CSV split file.
+
+    The file has a header with columns ``path`` and ``split`` (``train``, ``val`` or ``test``);
+    a path is relative to ``root`` (or absolute). Files of the dataset the split file does not
+    name belong to no part; a listed path that is not one of ``files`` is an error.
+    """
+    path, root = Path(path), Path(root)
+    try:
+        with open(path, newline="", encoding="utf-8") as fh:
+            rows = list(csv.DictReader(fh))
+    except OSError as exc:
+        raise FileNotFoundError(f"{path}: cannot read split file ({exc.strerror or exc})") from None
+    if not rows or not {"path", "split"} <= set(rows[0]):
+        raise ValueError(f"{path}: a split file needs a header with columns 'path' and 'split'")
+    index = {os.path.normpath(os.path.relpath(f, root)): i for i, f in enumerate(files)}
+    parts: list[list[int]] = [[] for _ in SPLITS]
+    where: dict[int, str] = {}
+    for n, row in enumerate(rows, start=2):
+        rel, part = (row.get("path") or "").strip(), (row.get("split") or "").strip().lower()
+        if part not in SPLITS:
+            raise ValueError(f"{path}:{n}: split must be one of {', '.join(SPLITS)}, not {part!r}")
+        p = Path(rel)
+        key = os.path.normpath(os.path.relpath(p, root) if p.is_absolute() else p)
+        if key not in index:
+            raise ValueError(f"{path}:{n}: {rel!r} is not an audio file of {root}")
+        i = index[key]
+        if i in where and where[i] != part:
+            raise ValueError(f"{path}:{n}: {rel!r} is listed in both {where[i]} and {part}")
+        if i not in where:
+            where[i] = part
+            parts[SPLITS.index(part)].append(i)
+    return [np.sort(np.asarray(p, dtype=np.int64)) for p in parts]
+
+
+def folder_split(files: Sequence[Path], labels: Sequence[int], root: str | os.PathLike,
+                 fractions: Sequence[float] = (0.7, 0.15, 0.15), seed: int = 0, group_pattern: str | None = None,
+                 group_scope: str = "class", split_file: str | os.PathLike | None = None) -> list[np.ndarray]:
+    """Train / val / test indices of a folder dataset: from ``split_file`` when given, else a
+    (group-aware) stratified split, see :func:`stratified_split`."""
+    if split_file:
+        return read_split_file(split_file, root, files)
+    groups = file_groups(files, group_pattern, group_scope) if group_pattern else None
+    return stratified_split(labels, fractions, seed, groups, group_scope)
 
 
 def FolderDataset(root: str | os.PathLike, feature_cfg: FeatureConfig | None = None, classes=None, merge=None,
                   split: str | None = None, fractions: Sequence[float] = (0.7, 0.15, 0.15), seed: int = 0,
                   mode: str = "sequence", augment: bool | AugmentConfig = False, expansion: int | None = None,
                   cache_dir=None, normalization=None, progress: bool = False, group_pattern: str | None = None,
-                  **kw) -> FeatureDataset:
+                  group_scope: str = "class", split_file: str | os.PathLike | None = None, **kw) -> FeatureDataset:
     """A class-per-folder dataset of any audio as a :class:`FeatureDataset`.
 
     Clips of any length are padded / cropped to ``feature_cfg.duration`` (onset-aligned when
     ``feature_cfg.onset_align``). ``split`` in ``{"train", "val", "test"}`` selects one part of a
     stratified split with ``fractions`` and ``seed``; ``None`` keeps every clip. With
-    ``group_pattern`` (see :func:`file_groups`) takes of one source stay within one split.
+    ``group_pattern`` (see :func:`file_groups`; ``group_scope`` "class" or "dataset") takes of one
+    source stay within one split; ``split_file`` (see :func:`read_split_file`) gives the split.
     """
     cfg = feature_cfg or FeatureConfig()
     files, labels, class_names = list_folder_dataset(root, classes, merge)
     feats = cached_features(files, cfg, cache_dir, progress=progress)
     idx = np.arange(len(files))
     if split is not None:
-        names = ("train", "val", "test")
-        if split not in names:
-            raise ValueError(f"split must be one of {names}, not {split!r}")
-        groups = file_groups(files, group_pattern) if group_pattern else None
-        idx = stratified_split(labels, fractions, seed, groups)[names.index(split)]
+        if split not in SPLITS:
+            raise ValueError(f"split must be one of {SPLITS}, not {split!r}")
+        idx = folder_split(files, labels, root, fractions, seed, group_pattern, group_scope,
+                           split_file)[SPLITS.index(split)]
     root = Path(root)
     return FeatureDataset(torch.from_numpy(np.ascontiguousarray(feats[idx])), torch.as_tensor(labels)[idx],
                           class_names, cfg, names=[str(files[i].relative_to(root)) for i in idx], mode=mode,

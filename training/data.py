@@ -37,6 +37,8 @@ class DataSpec:
     fractions: tuple[float, float, float] = (0.7, 0.15, 0.15)
     split_seed: int = 0
     group_pattern: str | None = None   # regex removed from file stems: takes of one source share a split
+    group_scope: str = "class"         # "class": groups within a class folder; "dataset": across classes
+    split_file: str | None = None      # CSV with columns path,split (train/val/test): overrides the split
     # shared
     feature_config: dict = field(default_factory=dict)
     augment: bool = True
@@ -87,7 +89,8 @@ def build_datasets(spec: DataSpec, progress: bool = False) -> tuple[au.FeatureDa
     elif spec.kind == "folder":
         common = dict(feature_cfg=cfg, classes=spec.classes, merge=spec.merge, fractions=spec.fractions,
                       seed=spec.split_seed, cache_dir=spec.cache_dir, progress=progress,
-                      group_pattern=spec.group_pattern)
+                      group_pattern=spec.group_pattern, group_scope=spec.group_scope,
+                      split_file=spec.split_file)
         train = au.FolderDataset(root, split="train", augment=aug, expansion=spec.expansion, **common)
         val = au.FolderDataset(root, split="val", **common)
         test = au.FolderDataset(root, split="test", **common)

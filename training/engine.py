@@ -33,7 +33,7 @@ import torch
 import torch.nn.functional as F
 
 from training.checkpoint import atomic_write, save_checkpoint
-from training.metrics import best_threshold, binary_metrics, multiclass_metrics
+from training.metrics import best_threshold, binary_metrics, multiclass_metrics, predictions
 
 
 @dataclass
@@ -258,8 +258,9 @@ def eval_views(cfg: "TrainConfig", feature_cfg) -> dict:
 
 
 def task_metrics(probs: np.ndarray, labels: np.ndarray, class_names, task: dict | None = None) -> dict:
-    """Multi-class metrics, plus binary metrics for a one-vs-rest task."""
-    out = multiclass_metrics(probs, labels, class_names)
+    """Multi-class metrics, plus binary metrics for a one-vs-rest task; a binary task's accuracy,
+    per-class accuracy and confusion matrix use its threshold, as its ``binary`` block does."""
+    out = multiclass_metrics(probs, labels, class_names, predictions(probs, task))
     if task and task.get("type") == "binary":
         out["binary"] = binary_metrics(probs[:, 1], labels == 1, task.get("threshold", 0.5))
     return out

@@ -11,12 +11,23 @@ def confusion_matrix(labels, preds, num_classes: int) -> np.ndarray:
     return np.bincount(labels * num_classes + preds, minlength=num_classes * num_classes).reshape(num_classes, num_classes)
 
 
-def multiclass_metrics(probs, labels, class_names=None) -> dict:
-    """Accuracy, macro-F1, per-class accuracy (recall) and the confusion matrix."""
+def predictions(probs, task: dict | None = None) -> np.ndarray:
+    """Predicted class per clip: the argmax, or for a binary task (``task["type"] == "binary"``)
+    class 1 when its probability reaches ``task["threshold"]`` (default 0.5). Every metric of a
+    binary checkpoint uses this one rule."""
+    probs = np.asarray(probs, dtype=np.float64)
+    if task and task.get("type") == "binary":
+        return (probs[:, 1] >= float(task.get("threshold", 0.5))).astype(np.int64)
+    return probs.argmax(1)
+
+
+def multiclass_metrics(probs, labels, class_names=None, preds=None) -> dict:
+    """Accuracy, macro-F1, per-class accuracy (recall) and the confusion matrix of ``preds``
+    (default: the argmax of ``probs``)."""
     probs = np.asarray(probs, dtype=np.float64)
     labels = np.asarray(labels, dtype=np.int64)
     k = probs.shape[1]
-    preds = probs.argmax(1)
+    preds = probs.argmax(1) if preds is None else np.asarray(preds, dtype=np.int64)
     cm = confusion_matrix(labels, preds, k)
     tp = np.diag(cm).astype(float)
     support = cm.sum(1)

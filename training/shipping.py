@@ -42,3 +42,64 @@ def ship_checkpoint(run_dir: str | os.PathLike, model_name: str, checkpoint_dir:
         atomic_write(dest[k], lambda tmp, s=s: shutil.copyfile(s, tmp))
     print(f"shipped {dest['safetensors']} (val acc {new.get('val_acc'):.4f}, test acc {new.get('test_acc')})")
     return dest["safetensors"]
+
+
+def ship_recipe_run(run_dir: str | os.PathLike, recipe: str | os.PathLike, checkpoint_dir: str | os.PathLike,
+                    name: str, eval_crops: int | None = None, data_dir: str | None = None) -> Path:
+    """Ship the finished run ``run_dir`` of ``recipe`` as ``checkpoint_dir/<name>.*``.
+
+    The checkpoint must be exactly the recipe's run: its model, training, feature and augmentation
+    settings are compared with the recipe's (runtime settings such as threads aside) and any
+    difference is an error. Its metadata then gains what the run directory records for runs made
+    with ``train.py --recipe``: the recipe file's name, the run's fingerprint, its clips (the split
+    by clip names and labels) and its (empty) provenance. ``eval_crops`` (chosen on the validation
+    fold) is written into the recorded training config; with ``select: last`` it changes nothing
+    in training, only how the checkpoint is evaluated, so the recipe must say the same.
+    """
+    from dataclasses import asdict
+
+    from training import provenance, run_dir as rd
+    from training.checkpoint import atomic_write, build_from_checkpoint, save_checkpoint
+    from training.cli import data_spec_from_args, model_config_from_args, parse_args, train_config_from_args
+    from training.data import build_datasets
+    from training.runner import checked_data_spec, checked_model_config
+
+    run_dir, checkpoint_dir = Path(run_dir), Path(checkpoint_dir)
+    argv = ["--recipe", str(recipe)] + (["--data-dir", data_dir] if data_dir else [])
+    args = parse_args(argv)
+    cfg = train_config_from_args(args)
+    if eval_crops is not None and cfg.eval_crops != eval_crops:
+        raise ValueError(f"{recipe} says eval_crops {cfg.eval_crops}, not {eval_crops}: edit the recipe first")
+    data = checked_data_spec(data_spec_from_args(args))
+    config, resolved = checked_model_config(args.model, args.preset, model_config_from_args(args), data)
+    model, meta = build_from_checkpoint(run_dir / "best.safetensors")
+
+    def differ(a: dict, b: dict, skip=()) -> list[str]:
+        a, b = rd._plain(a), rd._plain(b)
+        return [k for k in sorted(set(a) | set(b)) if k not in skip and a.get(k) != b.get(k)]
+
+    trained = meta.get("train_config") or {}
+    bad = [f"train.{k}" for k in differ(asdict(cfg), trained, rd.RUNTIME_FIELDS | {"eval_crops"})]
+    bad += [f"config.{k}" for k in differ(resolved, {**resolved, **meta.get("model_config", {})})]
+    recorded = meta.get("dataset") or {}
+    bad += [f"data.{k}" for k in ("train_folds", "val_folds", "test_folds", "expansion", "augment")
+            if rd._plain(recorded.get(k)) != rd._plain(data.describe().get(k))]
+    bad += [f"augment.{k}" for k in differ(data.augment_config, recorded.get("augment_config") or {})]
+    bad += [f"feature.{k}" for k in differ(data.feature_config, meta.get("feature_config") or {})]
+    if args.model != meta.get("model_name"):
+        bad.insert(0, "model")
+    if bad:
+        raise ValueError(f"{run_dir} is not a run of {recipe}: {', '.join(bad)} differ")
+    train_ds, val_ds, test_ds = build_datasets(data)
+    settings = rd.run_settings(args.model, resolved, cfg, data)
+    meta.update(recipe=Path(recipe).name, run_fingerprint=rd.fingerprint(settings),
+                clips=provenance.dataset_clips(train_ds, val_ds, test_ds),
+                provenance=provenance.run_provenance(cfg.distill_from, resolved.get("init_from")))
+    meta["train_config"] = {**trained, "eval_crops": int(cfg.eval_crops)}
+    checkpoint_dir.mkdir(parents=True, exist_ok=True)
+    dest = checkpoint_dir / f"{name}.safetensors"
+    save_checkpoint(dest, model, meta)
+    for suffix in ("history.json", "metrics.json"):
+        src = run_dir / suffix
+        atomic_write(checkpoint_dir / f"{name}.{suffix}", lambda tmp, s=src: shutil.copyfile(s, tmp))
+    return dest
