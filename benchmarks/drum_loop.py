@@ -41,14 +41,10 @@ from training.checkpoint import atomic_write  # noqa: E402
 
 
 def load_predictor(path: str):
-    """The checkpoint's predictor and its one-waveform classifier (``classify.predictor`` once merged)."""
-    try:
-        from classify.predictor import Predictor
-    except ImportError:
-        from inference import Predictor
+    """The checkpoint's predictor and its one-waveform classifier."""
+    from classify.predictor import Predictor
     pred = Predictor(path, "cpu")
-    fn = getattr(pred, "predict_waveform", None) or (lambda w: pred.predict(pred.prepare(w)[None])[0])
-    return pred, fn
+    return pred, pred.predict_waveform
 
 
 def build_loop(files, waves, leads, rng, n_hits: int, sr: int, choke: bool):

@@ -12,6 +12,8 @@ Examples
         --split all --classes kick,snare,hihat               # another dataset, shared classes
     arecord -f S16_LE -r 16000 -c 1 | python inference.py --stream --stream-rate 16000
     python inference.py --mic                              # needs: pip install sounddevice
+    python inference.py --checkpoint runs/drums loop.wav   # drum checkpoint: one line per hit, "0.512 s  snare  0.93"
+    python inference.py --checkpoint runs/drums loop.wav --plot loop.png   # timeline picture of the hits
 
 Audio: any file soundfile reads (wav, flac, ogg, opus, mp3, aiff, ...), any sample rate (libsoxr
 resampling), any number of channels. Each file is featurised exactly as in training (the
@@ -20,7 +22,10 @@ cropped to the training clip duration (from the first onset for onset-aligned ch
 the drum presets) -- the same probabilities as --evaluate gives for the same file. For a
 clip-trained checkpoint, a file longer than the window (default: the clip duration) is read block
 by block and classified with sliding windows (``--window``, ``--hop``): one prediction per window
-plus their mean; at most ``--batch-size`` windows are held at once.
+plus their mean; at most ``--batch-size`` windows are held at once. With an onset-aligned (drum)
+checkpoint every hit of a file or stream is detected (classify/onsets.py) and classified from
+exactly the crop training takes from a one-shot: one line per hit with its time, printed as soon as
+the hit's crop is complete (``--per-file``: one crop per file at its first onset instead).
 
 Checkpoint: ``--checkpoint`` takes a ``.safetensors`` file, a run directory (its
 ``best.safetensors``) or a shipped name (``mamba`` or ``mamba_esc50`` ->
@@ -43,6 +48,7 @@ import json
 import math
 import os
 import sys
+from pathlib import Path
 from typing import Iterable
 
 import numpy as np
@@ -50,10 +56,12 @@ import torch
 
 import audio_utils as au
 from classify.evaluate import finite, format_evaluation, run_evaluation
+from classify.onsets import classify_hits, print_hits, stream_hits
 from classify.predictor import CHECKPOINT_DIR, Predictor, resolve_checkpoint
 from classify.sources import (FileResult, ModelError, UsageError, check_window, classify_files, display, err,
-                              limit_samples, non_finite_message, one_line, read_microphone, read_pcm,
+                              expand_inputs, limit_samples, non_finite_message, one_line, read_microphone, read_pcm,
                               stream_windows)
+from classify.timeline import plot_timeline
 from training.checkpoint import CheckpointError
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
@@ -182,6 +190,54 @@ def run_stream(pred: Predictor, chunks: Iterable[np.ndarray], rate: int, window:
 
 
 # --------------------------------------------------------------------------------------------
+# Drum hits (onset-aligned checkpoints): one line per detected hit
+# --------------------------------------------------------------------------------------------
+def hit_kwargs(pred: Predictor) -> dict:
+    """How an onset checkpoint's hits are cropped: exactly as training crops a one-shot."""
+    return dict(predict_segment=pred.predict_waveform, crop_seconds=pred.cfg.duration,
+                pre_ms=pred.cfg.onset_pre_ms, class_names=pred.class_names)
+
+
+def run_hits(pred: Predictor, paths, k: int, as_json: bool, plot: str | None, out=None) -> int:
+    """Every hit of every file: ``0.512 s  snare  0.93`` (or one JSON object per hit). A one-shot file
+    is one hit, scored exactly as ``--evaluate`` scores it."""
+    out = out or sys.stdout
+    skipped: list = []
+    n_ok = n_bad = 0
+    for path, problem in expand_inputs(paths, skipped):
+        try:
+            if problem:
+                raise au.AudioError(problem)
+            wave = au.load_audio(path, pred.sample_rate)
+        except (au.AudioError, OSError) as exc:
+            n_bad += 1
+            err(f"error: {display(str(exc))}")
+            continue
+        if not as_json:
+            print(f"{display(path)}  [{len(wave) / pred.sample_rate:.2f} s]", file=out, flush=True)
+        hits = print_hits(classify_hits(wave, pred.sample_rate, **hit_kwargs(pred)), out=out, as_json=as_json,
+                          class_names=pred.class_names, top_k=k, source=str(path))
+        if not hits:
+            err(f"warning: {display(path)}: no hit detected")
+        if plot:
+            plot_timeline(plot, wave.numpy(), pred.sample_rate, hits=hits, title=display(path))
+        n_ok += 1
+    for path, why in skipped:
+        err(f"warning: skipped {display(path)}: {why}")
+    return EXIT_OK if n_bad == 0 and n_ok > 0 else EXIT_FAILED
+
+
+def plot_windows(pred: Predictor, res: FileResult, window: float, path: str) -> None:
+    """The timeline picture of a clip checkpoint's file: its windows and their top labels."""
+    wave = au.load_audio(res.path, pred.sample_rate).numpy()
+    wins = []
+    for start, probs in zip(res.starts, res.probs):
+        (name, prob), = top_k(probs, pred.class_names, 1)
+        wins.append((start, min(start + window, res.duration), name, prob))
+    plot_timeline(path, wave, pred.sample_rate, windows=wins, title=display(res.path))
+
+
+# --------------------------------------------------------------------------------------------
 # Arguments
 # --------------------------------------------------------------------------------------------
 class _Parser(argparse.ArgumentParser):
@@ -226,6 +282,10 @@ def build_parser() -> argparse.ArgumentParser:
     o.add_argument("--json", action="store_true", help="machine-readable output: one JSON object per file "
                    "(JSON Lines; failed files as {\"file\", \"error\"}), per stream window, or per evaluation")
     o.add_argument("--debug", action="store_true", help="show tracebacks of unexpected errors")
+    o.add_argument("--plot", metavar="FILE.png", help="timeline picture of the one input file: waveform and "
+                   "spectrogram with its hits (onset checkpoints) or window labels (clip checkpoints)")
+    o.add_argument("--per-file", action="store_true", help="onset (drum) checkpoints: one crop per file at its "
+                   "first onset, as --evaluate scores it, instead of one line per detected hit")
     w = p.add_argument_group("long audio (clip-trained checkpoints)")
     w.add_argument("--window", type=_positive(float), help="window length in seconds for files longer than it "
                    "(default and maximum: the checkpoint's clip duration; at least 0.01)")
@@ -285,10 +345,17 @@ def _run(args) -> int:
     if pred.cfg.onset_align and args.window and not (args.stream or args.mic):
         raise UsageError("--window: this checkpoint crops every file once at its first onset, as in training; "
                          "sliding windows are for clip-trained checkpoints")
+    hits = pred.cfg.onset_align and not args.per_file
+    if args.plot and (args.stream or args.mic or len(args.paths) != 1 or Path(args.paths[0]).is_dir()):
+        raise UsageError("--plot draws one file: give exactly one audio file")
+    if hits and not (args.stream or args.mic):
+        return run_hits(pred, args.paths, args.top_k, args.json, args.plot)
     window = args.window or pred.cfg.duration
     hop = args.hop or window / 2
     check_window(window, hop, rate, pred.cfg.duration)
     if args.stream or args.mic:
+        if hits:   # each hit is printed as soon as its crop is complete; 10-ms chunks
+            hop = 0.01
         frames = max(1, int(round(hop * rate)))
         if args.mic:
             chunks = read_microphone(rate, args.stream_channels, frames, args.max_seconds)
@@ -298,11 +365,19 @@ def _run(args) -> int:
             if args.max_seconds:
                 chunks = limit_samples(chunks, int(args.max_seconds * rate))
             source = "stdin"
+        if hits:
+            done = print_hits(stream_hits(chunks, rate, model_rate=pred.sample_rate, **hit_kwargs(pred)),
+                              as_json=args.json, class_names=pred.class_names, top_k=args.top_k, source=source)
+            if not done:
+                err(f"warning: {source}: no hit detected")
+            return EXIT_OK
         return run_stream(pred, chunks, rate, window, hop, args.top_k, args.json, source)
     file_window = None if pred.cfg.onset_align else window
     printer = Printer(pred, args.top_k, args.json, window, hop)
     skipped: list = []
-    classify_files(pred, args.paths, file_window, hop, args.batch_size or 32, emit=printer, skipped=skipped)
+    results = classify_files(pred, args.paths, file_window, hop, args.batch_size or 32, emit=printer, skipped=skipped)
+    if args.plot and results and results[0].error is None:
+        plot_windows(pred, results[0], window, args.plot)
     for path, why in skipped:
         err(f"warning: skipped {display(path)}: {why}")
     if printer.failed:

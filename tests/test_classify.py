@@ -102,13 +102,21 @@ def test_drum_hit_followed_by_silence_scores_as_the_hit_alone(drum_ckpt, tmp_pat
         sf.write(tmp_path / f"hit{sr}.wav", hit, sr, subtype="FLOAT")
         sf.write(tmp_path / f"hit_silence{sr}.wav", np.concatenate([hit, np.zeros(sr, np.float32)]), sr,
                  subtype="FLOAT")
-        rc, out, err = run(["--checkpoint", drum_ckpt, "--json", "--top-k", "5", tmp_path / f"hit{sr}.wav",
-                            tmp_path / f"hit_silence{sr}.wav"], capsys)
+        files = [tmp_path / f"hit{sr}.wav", tmp_path / f"hit_silence{sr}.wav"]
+        # one crop per file (the evaluation path), and the default per-hit path: one hit each, the same scores
+        rc, out, err = run(["--checkpoint", drum_ckpt, "--json", "--top-k", "5", "--per-file", *files], capsys)
         assert rc == 0, err
         alone, padded = jsonl(out)
         assert alone["n_windows"] == padded["n_windows"] == 1
         assert alone["top"][0]["label"] == padded["top"][0]["label"]
         np.testing.assert_allclose(_probs(alone, DRUM_CLASSES), _probs(padded, DRUM_CLASSES), atol=1e-4)
+        rc, out, err = run(["--checkpoint", drum_ckpt, "--json", "--top-k", "5", *files], capsys)
+        assert rc == 0, err
+        hit_alone, hit_padded = jsonl(out)
+        assert hit_alone["file"] == str(files[0]) and hit_padded["file"] == str(files[1])
+        assert hit_alone["label"] == hit_padded["label"] == alone["top"][0]["label"]
+        np.testing.assert_allclose(_probs(hit_alone, DRUM_CLASSES), _probs(alone, DRUM_CLASSES), atol=1e-4)
+        np.testing.assert_allclose(_probs(hit_padded, DRUM_CLASSES), _probs(alone, DRUM_CLASSES), atol=1e-4)
 
 
 @pytest.mark.parametrize("preset", ["esc50", "drums"])

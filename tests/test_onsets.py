@@ -204,14 +204,44 @@ def _checkpoint(path, cfg=CFG, seed=0):
 
 
 def _predictor(path):
-    """The checkpoint's predictor and its one-waveform classifier (the new classify.predictor when merged)."""
-    try:
-        from classify.predictor import Predictor
-    except ImportError:
-        from inference import Predictor
+    """The checkpoint's predictor and its one-waveform classifier."""
+    from classify.predictor import Predictor
     pred = Predictor(path, "cpu")
-    fn = getattr(pred, "predict_waveform", None) or (lambda w: pred.predict(pred.prepare(w)[None])[0])
-    return pred, fn
+    return pred, pred.predict_waveform
+
+
+def test_cli_prints_one_line_per_hit_with_its_time_and_streams_the_same(tmp_path, capsys, monkeypatch):
+    """``inference.py --checkpoint <onset checkpoint> loop.wav``: one line per hit within 10 ms of where it was
+    placed, labels equal to classifying each hit alone; ``--stream`` in 10-ms chunks prints the same hits."""
+    import io
+    import sys
+
+    from classify.cli import main
+
+    ckpt = _checkpoint(tmp_path / "hits.safetensors")
+    pred, predict_waveform = _predictor(ckpt)
+    wave, placed, _ = make_loop()
+    f = tmp_path / "loop.wav"
+    sf.write(f, wave, SR, subtype="FLOAT")
+    assert main(["--checkpoint", str(ckpt), "--json", str(f), "--plot", str(tmp_path / "loop.png")]) == 0
+    recs = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert len(recs) == len(placed)
+    assert max(abs(r["time_s"] - n / SR) for r, n in zip(recs, placed)) <= 0.010
+    assert (tmp_path / "loop.png").stat().st_size > 10_000
+    for r in recs:        # each hit alone: its segment of the loop, classified as a one-shot
+        a, b = (int(round(t * SR)) for t in r["segment_s"])
+        probs = predict_waveform(torch.from_numpy(wave[a:b]))
+        assert r["label"] == KINDS[int(probs.argmax())] and r["prob"] == pytest.approx(float(probs.max()), abs=1e-5)
+    assert main(["--checkpoint", str(ckpt), str(f)]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0] == f"{f}  [2.60 s]" and len(lines) == len(placed) + 1
+    assert lines[1] == f"{recs[0]['time_s']:.3f} s  {recs[0]['label']:<5}  {recs[0]['prob']:.2f}"
+    monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(wave.astype("<f4").tobytes())))
+    assert main(["--checkpoint", str(ckpt), "--json", "--stream", "--stream-format", "f32le",
+                 "--stream-rate", str(SR)]) == 0
+    stream = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [(r["time_s"], r["label"]) for r in stream] == [(r["time_s"], r["label"]) for r in recs]
+    assert main(["--checkpoint", str(ckpt), "--plot", str(tmp_path / "x.png"), str(f), str(f)]) == 2
 
 
 def test_one_shot_file_gives_the_evaluation_path_probabilities(tmp_path):
