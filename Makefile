@@ -3,6 +3,7 @@
 PY          ?= python3
 VENV        ?= .venv
 MODEL       ?= cnn
+RECIPE      ?=
 DATA        ?=
 EPOCHS      ?=
 ARGS        ?=
@@ -14,7 +15,7 @@ BIN          = $(VENV)/bin
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-15s %s\n", $$1, $$2}'
-	@echo "  variables: MODEL=$(MODEL) DATA=<ESC-50 dir> EPOCHS=<n> ARGS='<train.py options>' TORCH_INDEX=<pip index for torch>"
+	@echo "  variables: MODEL=$(MODEL) RECIPE=<recipes/*.yaml> DATA=<ESC-50 dir> EPOCHS=<n> ARGS='<train.py options>' TORCH_INDEX=<pip index for torch>"
 
 $(BIN)/.installed: requirements.txt
 	@$(PY) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 10) else "Python >= 3.10 is required, found " + sys.version.split()[0] + " (set PY=python3.1x)")'
@@ -30,8 +31,8 @@ setup: $(BIN)/.installed  ## create .venv and install requirements.txt
 install: setup  ## also install the toolkit itself in development mode (pip install -e .; audio-train, audio-classify)
 	$(BIN)/pip install -q --no-deps -e .
 
-train: setup  ## train MODEL (default cnn) on ESC-50: make train MODEL=liquid_s4 DATA=../shared/data/ESC-50
-	$(BIN)/python train.py --model $(MODEL) $(if $(DATA),--data-dir $(DATA)) $(if $(EPOCHS),--epochs $(EPOCHS)) --out runs/$(MODEL) $(ARGS)
+train: setup  ## train MODEL (default cnn) or a RECIPE on ESC-50: make train RECIPE=recipes/liquid_s4_esc50.yaml DATA=../shared/data/ESC-50
+	$(BIN)/python train.py $(if $(RECIPE),--recipe $(RECIPE),--model $(MODEL)) $(if $(DATA),--data-dir $(DATA)) $(if $(EPOCHS),--epochs $(EPOCHS)) $(ARGS)
 
 test: setup  ## fast tests (seconds to a few minutes; skips tests marked slow)
 	$(BIN)/python -m pytest -m "not slow"
