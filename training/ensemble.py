@@ -13,12 +13,14 @@ import torch
 
 
 def fold_probabilities(checkpoint: str | os.PathLike, data_root: str | os.PathLike,
-                       folds: Sequence[int] | None = None, batch_size: int = 64) -> tuple[np.ndarray, np.ndarray, dict]:
-    """Class probabilities of a checkpoint on ESC-50 fold(s) (default: its test folds).
-    Returns ``(probs, labels, meta)``."""
+                       folds: Sequence[int] | None = None, batch_size: int = 32,
+                       n_crops: int | None = None) -> tuple[np.ndarray, np.ndarray, dict]:
+    """Class probabilities of a checkpoint on ESC-50 fold(s) (default: its test folds), evaluated as
+    its training run evaluated (the whole clip, or the mean of ``train_config.eval_crops`` crops of
+    ``train_config.crop`` seconds; ``n_crops`` overrides the number). Returns ``(probs, labels, meta)``."""
     import audio_utils as au
     from training.checkpoint import build_from_checkpoint
-    from training.engine import predict_proba
+    from training.engine import crop_frames_for, predict_proba
 
     model, meta = build_from_checkpoint(checkpoint)
     feat = au.FeatureConfig.from_dict(meta["feature_config"])
@@ -28,7 +30,12 @@ def fold_probabilities(checkpoint: str | os.PathLike, data_root: str | os.PathLi
                          normalization=(torch.tensor(norm["mean"]), torch.tensor(norm["std"])))
     if ds.class_names != list(meta["class_names"]):
         raise ValueError(f"{checkpoint}: class names differ from the dataset at {data_root}")
-    probs, labels = predict_proba(model, ds, batch_size, "cpu")
+    tc = meta.get("train_config") or {}
+    n = int(n_crops if n_crops is not None else tc.get("eval_crops") or 1)
+    if n > 1 and not tc.get("crop"):
+        raise ValueError(f"{checkpoint}: {n} evaluation crops need a training crop length (train_config.crop)")
+    views = {"crop_frames": crop_frames_for(float(tc["crop"]), feat), "n_crops": n} if n > 1 else {}
+    probs, labels = predict_proba(model, ds, batch_size, "cpu", bool(tc.get("amp", True)), **views)
     return probs, labels, meta
 
 

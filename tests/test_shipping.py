@@ -1,0 +1,47 @@
+"""Shipping a recipe's run: the checkpoint must be exactly the recipe's run, and it gains the record
+(recipe, fingerprint, clips, provenance) that ``train.py --recipe`` runs carry."""
+import json
+
+import pytest
+
+from training import cli
+from training.checkpoint import read_meta
+from training.shipping import ship_recipe_run
+
+RECIPE = """
+model: cnn
+preset: tiny
+test_folds: []
+expansion: 1
+augment: {eq_prob: 0.8, stretch_prob: 0.5}
+train: {epochs: 2, crop: 1.0, bc_mix: 1.0, mixup: 0.0, ema: 0.9, select: last, batch_size: 6, eval_crops: 1}
+"""
+
+
+@pytest.fixture(scope="module")
+def recipe_run(esc50_flac, tmp_path_factory):
+    d = tmp_path_factory.mktemp("recipe")
+    (d / "r.yaml").write_text(RECIPE)
+    out = d / "run"
+    assert cli.main(["--recipe", str(d / "r.yaml"), "--data-dir", str(esc50_flac), "--out", str(out),
+                     "--threads", "1", "--no-progress"]) == 0
+    return d, out
+
+
+def test_shipped_recipe_run_carries_the_run_record(recipe_run, esc50_flac, tmp_path):
+    d, out = recipe_run
+    dest = ship_recipe_run(out, d / "r.yaml", tmp_path / "ck", "cnn_test", eval_crops=1, data_dir=str(esc50_flac))
+    meta = read_meta(dest)
+    run = json.loads((out / "run.json").read_text())
+    assert meta["run_fingerprint"] == run["fingerprint"] == read_meta(out / "best.safetensors")["run_fingerprint"]
+    assert meta["recipe"] == "r.yaml" and set(meta["clips"]) == {"train", "val"}
+    assert (tmp_path / "ck" / "cnn_test.metrics.json").exists() and (tmp_path / "ck" / "cnn_test.history.json").exists()
+
+
+def test_a_run_of_other_settings_is_refused(recipe_run, esc50_flac, tmp_path):
+    d, out = recipe_run
+    (d / "other.yaml").write_text(RECIPE.replace("epochs: 2", "epochs: 3").replace("eq_prob: 0.8", "eq_prob: 0.5"))
+    with pytest.raises(ValueError, match="train.epochs, augment.eq_prob differ"):
+        ship_recipe_run(out, d / "other.yaml", tmp_path / "ck", "x", data_dir=str(esc50_flac))
+    with pytest.raises(ValueError, match="says eval_crops 1, not 3"):
+        ship_recipe_run(out, d / "r.yaml", tmp_path / "ck", "x", eval_crops=3, data_dir=str(esc50_flac))
