@@ -89,7 +89,8 @@ def evaluation_data(pred, dataset: str | None = None, data_dir: str | None = Non
         raise UsageError("--dataset folder needs --data-dir (the checkpoint does not name an existing one)")
     same_data = same_kind and (not desc.get("root") or not Path(desc["root"]).exists()
                                or _same_path(root, desc["root"]))
-    cache_dir = cache_dir or (desc.get("cache_dir") if same_kind else None)
+    # the feature cache: where the user says, else the default; never a path from the checkpoint's
+    # metadata (a crafted checkpoint must not choose where files are written)
     mapping = parse_class_map(classes)
     cfg = pred.cfg
     if kind == "esc50":
@@ -110,7 +111,8 @@ def evaluation_data(pred, dataset: str | None = None, data_dir: str | None = Non
         data_labels = [data_names[t] for t in meta.targets[idx]]
         names = [meta.names[i] for i in idx]
         info = {"dataset": "esc50", "root": str(root), "folds": list(folds)}
-        same_split = same_data and mapping is None and sorted(folds) == sorted(desc.get("test_folds") or [])
+        # ESC-50's folds are the same clips wherever the data lies: the path plays no part
+        same_split = same_kind and mapping is None and sorted(folds) == sorted(desc.get("test_folds") or [])
     else:
         if split not in ("train", "val", "test", "all"):
             raise UsageError(f"--split must be train, val, test or all, not {split!r}")
@@ -221,6 +223,18 @@ def evaluate(pred, data: EvalData, batch_size: int | None = None) -> tuple[dict,
     return metrics, probs
 
 
+def same_split_as_training_test(pred, data: EvalData) -> bool:
+    """Whether ``data`` holds exactly the clips (names and labels) the checkpoint was tested on in
+    training: compared by clips when the checkpoint records them, never by directory paths."""
+    recorded = (pred.meta.get("clips") or {}).get("test")
+    if recorded:
+        if "classes" in data.info:
+            return False
+        evaluated = sorted((n, pred.class_names[int(y)]) for n, y in zip(data.names, data.labels))
+        return evaluated == sorted(map(tuple, recorded))
+    return bool(data.info["same_split_as_training_test"])     # checkpoints made before clips were recorded
+
+
 def run_evaluation(pred, args) -> tuple[dict, Path]:
     """Evaluate per parsed CLI ``args``; writes the result files; returns (result, out_dir)."""
     data = evaluation_data(pred, args.dataset, args.data_dir, args.fold, args.split, args.split_seed,
@@ -239,7 +253,7 @@ def run_evaluation(pred, args) -> tuple[dict, Path]:
         res["positive_class"] = pred.task["positive_class"]
         res["threshold"] = pred.task["threshold"]
         res["binary"] = metrics["binary"]
-    if data.info["same_split_as_training_test"] and isinstance(train_test, (int, float)):
+    if same_split_as_training_test(pred, data) and isinstance(train_test, (int, float)):
         res["training_test_acc"] = float(train_test)
         res["matches_training"] = bool(metrics["accuracy"] == train_test)
     else:

@@ -471,3 +471,41 @@ def test_evaluate_a_folder_with_a_name_that_is_not_utf8(tmp_path, capsys):
                         "--split", "all", "--json", "--out-dir", tmp_path / "ev"], capsys)
     assert rc == 0, err
     assert json.loads(out)["n"] == 4 and "d\\xe9j\\xe0.wav" in (tmp_path / "ev" / "predictions.csv").read_text()
+
+
+# ------------------------------------------------------------------ provenance of an evaluation
+@pytest.fixture(scope="module")
+def esc50_run(esc50_flac, tmp_path_factory):
+    from training.cli import main as train_main
+    out = tmp_path_factory.mktemp("esc50run") / "run"
+    assert train_main(["--model", "cnn", "--preset", "tiny", "--data-dir", str(esc50_flac), "--epochs", "1",
+                       "--batch-size", "8", "--out", str(out), "--no-progress", "--threads", "1"]) == 0
+    return out / "best.safetensors"
+
+
+def test_matches_training_compares_the_clips_not_the_data_path(esc50_run, esc50_flac, tmp_path, capsys):
+    import shutil
+    moved = tmp_path / "elsewhere" / "ESC-50"
+    shutil.copytree(esc50_flac, moved)
+    rc, out, err = run(["--checkpoint", esc50_run, "--evaluate", "--data-dir", moved, "--fold", "5", "--json",
+                        "--out-dir", tmp_path / "ev"], capsys)
+    assert rc == 0, err
+    res = json.loads(out)
+    assert res["matches_training"] is True and res["accuracy"] == res["training_test_acc"]
+    # another fold is not training's test split
+    rc, out, err = run(["--checkpoint", esc50_run, "--evaluate", "--data-dir", moved, "--fold", "4", "--json",
+                        "--out-dir", tmp_path / "ev4"], capsys)
+    assert rc == 0 and json.loads(out)["matches_training"] is None
+
+
+def test_a_cache_dir_in_the_checkpoint_is_never_written(esc50_run, esc50_flac, tmp_path, capsys, monkeypatch):
+    from training.checkpoint import build_from_checkpoint, read_meta
+    model, meta = build_from_checkpoint(esc50_run)
+    meta["dataset"]["cache_dir"] = str(tmp_path / "chosen_by_the_checkpoint")
+    crafted = save_checkpoint(tmp_path / "crafted.safetensors", model, meta)
+    assert read_meta(crafted)["dataset"]["cache_dir"]
+    monkeypatch.setenv("AUDIO_CACHE_DIR", str(tmp_path / "user_cache"))
+    rc, out, err = run(["--checkpoint", crafted, "--evaluate", "--data-dir", esc50_flac, "--fold", "5", "--json",
+                        "--out-dir", tmp_path / "ev"], capsys)
+    assert rc == 0, err
+    assert not (tmp_path / "chosen_by_the_checkpoint").exists()

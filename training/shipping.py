@@ -103,3 +103,23 @@ def ship_recipe_run(run_dir: str | os.PathLike, recipe: str | os.PathLike, check
         src = run_dir / suffix
         atomic_write(checkpoint_dir / f"{name}.{suffix}", lambda tmp, s=src: shutil.copyfile(s, tmp))
     return dest
+
+
+def record_test_evaluation(checkpoint_dir: str | os.PathLike, name: str, evaluation_dir: str | os.PathLike,
+                           command: str) -> dict:
+    """Add the one test-fold evaluation of a shipped checkpoint (``inference.py --evaluate``'s
+    ``metrics.json`` in ``evaluation_dir``) to its ``<name>.metrics.json``, naming the command, so
+    that the README's test figure has its artefact. Refuses an evaluation of another checkpoint."""
+    from training.checkpoint import atomic_write
+
+    checkpoint_dir, evaluation_dir = Path(checkpoint_dir), Path(evaluation_dir)
+    ev = json.loads((evaluation_dir / "metrics.json").read_text())
+    if Path(ev["checkpoint"]).resolve() != (checkpoint_dir / f"{name}.safetensors").resolve():
+        raise ValueError(f"{evaluation_dir} evaluated {ev['checkpoint']}, not {name}")
+    dest = checkpoint_dir / f"{name}.metrics.json"
+    metrics = json.loads(dest.read_text())
+    metrics.update(test_acc=ev["accuracy"], test_macro_f1=ev["macro_f1"], n_test=ev["n"],
+                   test_per_class_accuracy=ev["per_class_accuracy"], test_confusion_matrix=ev["confusion_matrix"],
+                   test_data=ev["data"], test_source={"command": command, "files": str(evaluation_dir)})
+    atomic_write(dest, lambda t: Path(t).write_text(json.dumps(metrics, indent=1)))
+    return metrics
