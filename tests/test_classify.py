@@ -509,3 +509,12 @@ def test_a_cache_dir_in_the_checkpoint_is_never_written(esc50_run, esc50_flac, t
                         "--out-dir", tmp_path / "ev"], capsys)
     assert rc == 0, err
     assert not (tmp_path / "chosen_by_the_checkpoint").exists()
+
+
+def test_train_cli_passes_group_scope_and_split_file():
+    from training.cli import data_spec_from_args, parse_args
+    args = parse_args(["--model", "cnn", "--dataset", "folder", "--data-dir", "digits", "--group-pattern", r"_\d+$",
+                       "--group-scope", "dataset", "--split-file", "splits.csv"])
+    spec = data_spec_from_args(args)
+    assert spec.group_scope == "dataset" and spec.split_file == "splits.csv"
+    assert data_spec_from_args(parse_args(["--model", "cnn"])).group_scope == "class"

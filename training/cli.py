@@ -144,6 +144,11 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--group-pattern", metavar="REGEX", default=None,
                    help="folder dataset: regex removed from file stems; files with the same remaining stem "
                         "stay in one split (default: none)")
+    d.add_argument("--group-scope", choices=["class", "dataset"], default="class",
+                   help="folder dataset: --group-pattern groups within each class folder, or across the whole "
+                        "dataset (a speaker or a drum machine never straddles splits) (default: class)")
+    d.add_argument("--split-file", metavar="CSV", default=None,
+                   help="folder dataset: CSV with columns path,split (train/val/test) giving the split (default: none)")
     d.add_argument("--split-seed", type=int, default=0, help="folder dataset: seed of the stratified split (default: 0)")
     d.add_argument("--one-vs-rest", metavar="CLASS", default=None,
                    help="binary task: CLASS vs all others (default: multi-class)")
@@ -268,7 +273,7 @@ def data_spec_from_args(args):
                     split_seed=args.split_seed, feature_config=feat.to_dict(),
                     augment=not args.no_augment, expansion=args.expansion, cache_dir=args.cache_dir,
                     one_vs_rest=args.one_vs_rest, merge=merge or None, group_pattern=args.group_pattern,
-                    augment_config=aug)
+                    group_scope=args.group_scope, split_file=args.split_file, augment_config=aug)
 
 
 def train_config_from_args(args):
