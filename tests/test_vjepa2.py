@@ -290,3 +290,38 @@ def test_cli_help_and_test_fold_refused(capsys):
     with pytest.raises(SystemExit) as e:
         main(["--data-dir", "nowhere", "--folds", "1", "5"])
     assert e.value.code == 2
+
+
+def test_target_blocks_stay_whole_when_the_context_needs_room():
+    """Too little context: whole blocks are dropped, never single target tokens moved into the context,
+    so every target token lies in a fully masked block of the configured shape."""
+    cfg = MaskConfig(n_short=6, short_t=(3, 3), short_f=(2, 2), n_long=0, context_ratio=(0.85, 0.9))
+    gen = torch.Generator().manual_seed(0)
+    for _ in range(40):
+        c, t = sample_mask(19, 8, cfg, gen)
+        assert len(c) >= math.ceil(0.85 * 152) and len(t) > 0
+        tgt = torch.zeros(152, dtype=torch.bool)
+        tgt[t] = True
+        tgt = tgt.view(19, 8)
+        for i in t.tolist():
+            ti, fi = divmod(i, 8)
+            assert any(bool(tgt[a:a + 3, b:b + 2].all()) for a in range(max(0, ti - 2), min(ti, 16) + 1)
+                       for b in range(max(0, fi - 1), min(fi, 6) + 1)), "a target token outside any whole block"
+
+
+def test_target_encoder_keeps_its_own_batchnorm_statistics():
+    """With a conv stem, the target encoder normalises with statistics of whole inputs (its BatchNorm
+    runs on them), not the EMA of the context encoder's, which see blanked tubelets."""
+    torch.manual_seed(0)
+    enc = SpecViTEncoder(n_frames=155, n_mels=128, embed_dim=32, depth=1, num_heads=2, stem="conv")
+    j = JEPA(enc, pred_dim=16, pred_depth=1, pred_heads=2).train()
+    bn = [m for m in j.target_encoder.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    assert bn and all(m.training for m in bn) and not j.target_encoder.training
+    j(torch.randn(4, 155, 128) * 2 + 1, generator=torch.Generator().manual_seed(0))
+    ctx_bn = [m for m in j.encoder.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    assert not torch.allclose(bn[0].running_var, ctx_bn[0].running_var)
+    before = [m.running_mean.clone() for m in bn]
+    j.ema_update(0.5)
+    assert all(torch.equal(a, m.running_mean) for a, m in zip(before, bn))
+    j.eval()
+    assert not any(m.training for m in bn)

@@ -86,11 +86,13 @@ def _randint(lo: int, hi: int, g: torch.Generator | None) -> int:
     return int(torch.randint(lo, hi + 1, (1,), generator=g))
 
 
-def _place(mask: torch.Tensor, bt: int, bf: int, g) -> None:
-    gt, gf = mask.shape
-    bt, bf = max(1, min(bt, gt)), max(1, min(bf, gf))
-    t0, f0 = _randint(0, gt - bt, g), _randint(0, gf - bf, g)
+def _block(grid_t: int, grid_f: int, bt: int, bf: int, g) -> torch.Tensor:
+    """A ``bt x bf`` block at a random place of the ``grid_t x grid_f`` grid, as a boolean mask."""
+    bt, bf = max(1, min(bt, grid_t)), max(1, min(bf, grid_f))
+    t0, f0 = _randint(0, grid_t - bt, g), _randint(0, grid_f - bf, g)
+    mask = torch.zeros(grid_t, grid_f, dtype=torch.bool)
     mask[t0:t0 + bt, f0:f0 + bf] = True
+    return mask
 
 
 def sample_mask(grid_t: int, grid_f: int, cfg: MaskConfig = MaskConfig(),
@@ -98,35 +100,41 @@ def sample_mask(grid_t: int, grid_f: int, cfg: MaskConfig = MaskConfig(),
                 n_context: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """One sample's (context_idx, target_idx): sorted LongTensors of t-major token indices, disjoint.
 
-    The target starts as the union of the blocks and the context as its complement; then the context
-    is set to exactly ``n_context`` tokens (default: drawn uniformly from
-    ``[ceil(lo*N), floor(hi*N)]``, ``N = grid_t*grid_f``) by dropping random surplus context tokens
-    (they become neither) or by moving random target tokens into the context.
+    The target is the union of the blocks and the context its complement, set to exactly
+    ``n_context`` tokens (default: drawn uniformly from ``[ceil(lo*N), floor(hi*N)]``,
+    ``N = grid_t*grid_f``): when the blocks leave too little context, whole blocks are dropped (a random
+    one at a time, so every target stays a block, as in V-JEPA's multi-block masking) until they leave
+    enough; then random surplus context tokens are dropped (they become neither context nor target).
     """
     g = generator
     n = grid_t * grid_f
-    tgt = torch.zeros(grid_t, grid_f, dtype=torch.bool)
-    for _ in range(cfg.n_short):
-        _place(tgt, _randint(*cfg.short_t, g), _randint(*cfg.short_f, g), g)
+    blocks = [_block(grid_t, grid_f, _randint(*cfg.short_t, g), _randint(*cfg.short_f, g), g)
+              for _ in range(cfg.n_short)]
     for _ in range(cfg.n_long):
         scale = cfg.long_scale[0] + (cfg.long_scale[1] - cfg.long_scale[0]) * float(torch.rand(1, generator=g))
         area = max(1.0, scale * n)
         bf = _randint(max(1, round(grid_f / 4)), grid_f, g)
-        _place(tgt, round(area / bf), bf, g)
-    tgt = tgt.flatten()
+        blocks.append(_block(grid_t, grid_f, round(area / bf), bf, g))
     if n_context is None:
         n_context = _randint(*context_range(n, cfg), g)
     n_context = max(1, min(n_context, n - 1))
+
+    def union(bs):
+        return torch.stack(bs).any(0).flatten() if bs else torch.zeros(n, dtype=torch.bool)
+
+    tgt = union(blocks)
+    while n - int(tgt.sum()) < n_context and len(blocks) > 1:
+        blocks.pop(_randint(0, len(blocks) - 1, g))
+        tgt = union(blocks)
+    if n - int(tgt.sum()) < n_context:        # a single block larger than the grid allows: crop it in time
+        keep = tgt.nonzero().squeeze(1)[: n - n_context]
+        tgt = torch.zeros(n, dtype=torch.bool)
+        tgt[keep] = True
     ctx = ~tgt
-    n_ctx = int(ctx.sum())
-    if n_ctx > n_context:   # drop surplus context tokens
+    surplus = int(ctx.sum()) - n_context
+    if surplus > 0:                           # drop surplus context tokens
         idx = ctx.nonzero().squeeze(1)
-        ctx[idx[torch.randperm(len(idx), generator=g)[: n_ctx - n_context]]] = False
-    elif n_ctx < n_context:  # move target tokens to the context
-        idx = tgt.nonzero().squeeze(1)
-        mv = idx[torch.randperm(len(idx), generator=g)[: n_context - n_ctx]]
-        tgt[mv] = False
-        ctx[mv] = True
+        ctx[idx[torch.randperm(len(idx), generator=g)[:surplus]]] = False
     return ctx.nonzero().squeeze(1), tgt.nonzero().squeeze(1)
 
 
@@ -195,6 +203,13 @@ class JEPA(nn.Module):
     def train(self, mode: bool = True):
         super().train(mode)
         self.target_encoder.eval()
+        if mode:
+            # the target encoder sees whole, unmasked inputs: its BatchNorm layers (a conv stem's) use
+            # and keep statistics of those, not the EMA of the context encoder's, which come from
+            # inputs whose hidden tubelets are blanked
+            for m in self.target_encoder.modules():
+                if isinstance(m, nn.modules.batchnorm._BatchNorm):
+                    m.train()
         return self
 
     def trainable(self) -> nn.Module:
@@ -224,16 +239,12 @@ class JEPA(nn.Module):
 
     @torch.no_grad()
     def ema_update(self, m: float) -> None:
-        """``theta_t <- m * theta_t + (1 - m) * theta_c`` for every encoder parameter, and for the
-        floating-point buffers (BatchNorm statistics of a conv stem); integer buffers are copied."""
+        """``theta_t <- m * theta_t + (1 - m) * theta_c`` for every encoder parameter. BatchNorm
+        statistics are not averaged: the target encoder keeps its own, from unmasked inputs (see
+        :meth:`train`); other buffers (fixed positions) are equal in both."""
         tgt = list(self.target_encoder.parameters())
         src = [p.detach() for p in self.encoder.parameters()]
         torch._foreach_lerp_(tgt, src, 1.0 - m)
-        for bt, bs in zip(self.target_encoder.buffers(), self.encoder.buffers()):
-            if bt.is_floating_point():
-                bt.lerp_(bs, 1.0 - m)
-            else:
-                bt.copy_(bs)
 
 
 # ----------------------------------------------------------------------------------------------
