@@ -9,12 +9,18 @@ clips, all in one run on an otherwise idle machine. A 1200-clip epoch is 37 step
 With ``--histories NAME=DIR ...`` it also prints the wall-clock (training + validation, as
 logged in ``DIR/history.json``) each run took to first reach fold-4 accuracy 0.70 and 0.80.
 
+With ``--recipes FILE ...`` it runs ``train.py --recipe FILE --epochs 3 --val-every 1`` for each
+(in a temporary directory) and prints ``metrics.json``'s mean epoch time, validation included: the
+issue's measure of a shipped configuration's epoch.
+
     python benchmarks/bench_train.py [--threads 2] [--steps 8] [--models liquid_s4,mamba,vjepa2,cnn]
-        [--histories shipped=checkpoints/liquid_s4_esc50.history.json new=runs/x]
+        [--histories shipped=checkpoints/liquid_s4_esc50.history.json new=runs/x] [--recipes recipes/*.yaml]
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
+import io
 import json
 import math
 import os
@@ -82,6 +88,8 @@ def main() -> None:
     p.add_argument("--crop", type=float, default=3.0, help="crop length in seconds")
     p.add_argument("--models", default=",".join(CONFIGS))
     p.add_argument("--histories", nargs="*", default=[], metavar="NAME=PATH")
+    p.add_argument("--recipes", nargs="*", default=[], metavar="FILE")
+    p.add_argument("--skip-steps", action="store_true", help="only the histories and recipes parts")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     bf16 = amp_dtype("cpu")
@@ -95,7 +103,7 @@ def main() -> None:
           f"validation = 400 whole clips, batch 32")
     print(f"{'model':10s} {'params':>8s} | {'fp32 full':>9s} {'bf16 full':>9s} {'fp32 crop':>9s} {'bf16 crop':>9s}"
           f" | {'val fp32':>8s} {'val bf16':>8s} | {'speed-up':>8s} {'epoch+val':>9s}")
-    for name in args.models.split(","):
+    for name in ([] if args.skip_steps else args.models.split(",")):
         cfg = dict(CONFIGS[name])
         torch.manual_seed(0)
         model = models.build_model(name, **cfg)
@@ -118,6 +126,23 @@ def main() -> None:
     print("columns: seconds per 1200-clip training epoch (median step x 37) for fp32/bf16 on whole 5-s clips "
           "and on crops; seconds per validation pass; speed-up = (fp32 full epoch + fp32 val) / "
           "(bf16 crop epoch + bf16 val)")
+
+    if args.recipes:
+        import tempfile
+
+        from training.cli import main as train_main
+        print(f"\ntrain.py --recipe FILE --epochs 3 --val-every 1 --threads {args.threads} "
+              "(metrics.json: mean epoch time; with validation = what an epoch costs):")
+        for recipe in args.recipes:
+            with tempfile.TemporaryDirectory() as tmp, contextlib.redirect_stdout(io.StringIO()):
+                rc = train_main(["--recipe", recipe, "--epochs", "3", "--val-every", "1", "--test-folds", "", "--threads",
+                                 str(args.threads), "--no-progress", "--data-dir", args.data_dir, "--out", tmp])
+                m = json.loads((Path(tmp) / "metrics.json").read_text()) if rc == 0 else None
+            if m is None:
+                print(f"  {recipe}: train.py failed ({rc})")
+                continue
+            print(f"  {recipe:34s} training {m['mean_epoch_time_s']:5.1f} s, with validation "
+                  f"{m['mean_epoch_time_with_eval_s']:5.1f} s per epoch ({m['train_items_per_epoch']} clips)", flush=True)
 
     if args.histories:
         print("\nwall-clock to first reach fold-4 accuracy (training + validation as logged):")
