@@ -901,14 +901,19 @@ def read_esc50_meta(root: str | os.PathLike) -> ESC50Meta:
     if not meta_path.exists():
         raise FileNotFoundError(f"{root}: not an ESC-50 directory (missing meta/esc50.csv); "
                                 "see data/README.md to download it or pass --data-dir")
-    names, folds, targets, cats = [], [], [], {}
-    with open(meta_path, newline="") as fh:
-        for row in csv.DictReader(fh):
-            names.append(row["filename"])
-            folds.append(int(row["fold"]))
-            t = int(row["target"])
-            targets.append(t)
-            cats[t] = row["category"]
+    import pandas as pd
+
+    columns = ["filename", "fold", "target", "category"]
+    try:
+        df = pd.read_csv(meta_path, usecols=columns, dtype={"filename": str, "category": str})
+        df = df.astype({"fold": int, "target": int})
+    except (ValueError, pd.errors.ParserError) as exc:
+        raise AudioError(f"{meta_path}: not the ESC-50 metadata table (needs columns {', '.join(columns)}): "
+                         f"{_short(exc)}") from None
+    if df.empty:
+        raise AudioError(f"{meta_path}: lists no clips")
+    names, folds, targets = df["filename"].tolist(), df["fold"].to_numpy(), df["target"].to_numpy()
+    cats = dict(zip(df["target"], df["category"]))
     class_names = [cats.get(i, f"class_{i}") for i in range(max(cats) + 1)]
     files, missing = [], []
     for name in names:
@@ -921,7 +926,7 @@ def read_esc50_meta(root: str | os.PathLike) -> ESC50Meta:
     if missing:
         shown = ", ".join(missing[:5]) + (f" and {len(missing) - 5} more" if len(missing) > 5 else "")
         raise AudioError(f"{root / 'audio'}: {len(missing)} clip(s) listed in meta/esc50.csv are missing: {shown}")
-    return ESC50Meta(names, np.asarray(folds), np.asarray(targets), class_names, files)
+    return ESC50Meta(names, np.asarray(folds, dtype=np.int64), np.asarray(targets, dtype=np.int64), class_names, files)
 
 
 _esc50_cache: dict[tuple, tuple[ESC50Meta, np.ndarray]] = {}

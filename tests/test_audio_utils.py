@@ -313,3 +313,13 @@ def test_list_audio_files_reports_skips(tmp_path):
         au.load_audio(tmp_path / "d" / "fifo.ogg")
     with pytest.raises(au.AudioError, match="dangling symbolic link"):
         au.load_audio(tmp_path / "d" / "dead.wav")
+
+
+def test_esc50_metadata_without_its_columns_is_one_line(tmp_path):
+    (tmp_path / "meta").mkdir()
+    (tmp_path / "meta" / "esc50.csv").write_text("filename,fold\n1-1.wav,1\n")
+    with pytest.raises(au.AudioError, match="needs columns filename, fold, target, category"):
+        au.read_esc50_meta(tmp_path)
+    (tmp_path / "meta" / "esc50.csv").write_text("filename,fold,target,category\n")
+    with pytest.raises(au.AudioError, match="lists no clips"):
+        au.read_esc50_meta(tmp_path)

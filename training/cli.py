@@ -322,7 +322,8 @@ def run_cli(body, interrupted: str = "interrupted: rerun the same command to res
     except KeyboardInterrupt:
         if debug:
             raise
-        print(interrupted, file=sys.stderr)
+        # on its own line, not glued to a progress bar that was being drawn
+        print(("\n" if sys.stderr.isatty() else "") + interrupted, file=sys.stderr)
         return 130
     except SystemExit:
         raise
