@@ -24,12 +24,15 @@ import nbformat
 from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
 
 HERE = Path(__file__).resolve().parent
-DISTILLED = (
-    "distillation. The shipped run was distilled offline from the mean of four teachers "
-    "(`runs/teachers/*.safetensors`, not in the repository; README \"Results\"). To do the same, add "
-    "`\"distill_from\": [...4 teacher checkpoints...], \"distill_mode\": \"offline\"` to `TRAIN_OVERRIDES`; "
-    "without it the run is the shipped recipe minus distillation (the README's attempts table lists the "
-    "undistilled 100-epoch runs).")
+def RECIPE(model: str) -> str:
+    return (
+        f"the training recipe. The shipped checkpoint comes from `recipes/{model}_esc50.yaml` (between-class "
+        "mixing, EQ / time-stretch / mel-shift augmentation, 3-s crops, EMA, the last weights; "
+        f"`python train.py --recipe recipes/{model}_esc50.yaml` reproduces it). This notebook keeps the "
+        "engine's plain recipe (mixup, whole clips, the best epoch on fold 4) so that each step stays visible; "
+        "to follow the shipped one, put its `train:` settings into `TRAIN_OVERRIDES` and its `augment:` "
+        "settings into `AUGMENT`.")
+
 
 TRAINING = {
     "liquid_s4": dict(
@@ -42,7 +45,7 @@ TRAINING = {
             "over time, then a linear classifier. Code: `models/liquid_s4.py`."),
         config_comment="e.g. {\"d_model\": 192, \"n_layers\": 6}; keys: models/liquid_s4.py",
         train_overrides='{"epochs": 100}',
-        differs=DISTILLED,
+        differs=RECIPE("liquid_s4"),
     ),
     "mamba": dict(
         title="Mamba on ESC-50",
@@ -53,8 +56,8 @@ TRAINING = {
             "instead), with a backward branch as in Vim / AuM, mean-pooled, then a linear classifier. "
             "Code: `models/mamba.py` (CPU: the parallel scan; CUDA: `mamba_ssm` kernels when installed)."),
         config_comment="e.g. {\"d_model\": 128, \"bidirectional\": True}; keys: models/mamba.py",
-        train_overrides='{"epochs": 70}',
-        differs=DISTILLED,
+        train_overrides='{"epochs": 100}',
+        differs=RECIPE("mamba"),
     ),
     "vjepa2": dict(
         title="V-JEPA2-style ViT on ESC-50",
@@ -112,13 +115,15 @@ def training_cells(model: str, spec: dict) -> list:
            "`models/`, then constructor keywords; `None` = the CPU defaults, `\"gpu\"` = the larger GPU "
            "configuration); `TRAIN_OVERRIDES` overrides the engine's hyperparameters on top of the model's "
            "`train_defaults` (epochs, lr, batch_size, weight_decay, mixup, label_smoothing, patience, "
-           "threads, ...); `EXPANSION` is the number of augmented views of each training clip per epoch. "
+           "threads, crop, bc_mix, ema, select, ...); `AUGMENT` overrides fields of `audio_utils.AugmentConfig`; "
+           "`EXPANSION` is the number of augmented views of each training clip per epoch. "
            "`SHIP = True` copies a finished full run to `checkpoints/` (only if its validation accuracy "
            "beats the shipped one); by default the run stays in `runs/`.", id="config-md"),
         code(f'MODEL_NAME = "{model}"\n'
              f"PRESET = {spec.get('preset', 'None')}\n"
              f"MODEL_CONFIG = {spec.get('model_config', '{}')}      # {spec['config_comment']}\n"
              f"TRAIN_OVERRIDES = {spec.get('train_overrides', '{}')}   # e.g. {{\"threads\": 2, \"lr\": 1e-3}}\n"
+             "AUGMENT = {}          # e.g. {\"eq_prob\": 0.8, \"stretch_prob\": 0.5}\n"
              "EXPANSION = 1\n"
              "SHIP = False          # True: copy the finished run to checkpoints/ (the shipping rule applies)",
              id="config"),
@@ -137,7 +142,7 @@ env = nbu.notebook_env()   # TOOLKIT_TINY / TOOLKIT_DATA_DIR / TOOLKIT_RUNS_DIR 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 PRESET = "tiny" if env.tiny else PRESET
 cfg = make_train_config(MODEL_NAME, device=DEVICE, **nbu.train_overrides(env, TRAIN_OVERRIDES))
-spec = DataSpec(root=str(env.data_dir), expansion=EXPANSION)
+spec = DataSpec(root=str(env.data_dir), expansion=EXPANSION, augment_config=AUGMENT)
 OUT_DIR = env.runs_dir / f"{MODEL_NAME}_notebook"      # train.py runs use runs/<model>_esc50
 SHIP = SHIP and nbu.is_full_run(MODEL_NAME, cfg, env)  # never in tiny mode or for short runs
 
