@@ -58,17 +58,17 @@ def timeit(fn, seconds: float, min_runs: int = 3, max_runs: int = 200, warmup: i
     return times
 
 
-def predictor_for(name: str, ckpt_dir: Path, tmp: Path) -> tuple[inference.Predictor, str]:
+def predictor_for(name: str, ckpt_dir: Path, tmp: Path, amp: bool | None = None) -> tuple[inference.Predictor, str]:
     shipped = ckpt_dir / f"{name}_esc50.safetensors"
     if shipped.is_file():
-        return inference.Predictor(shipped, "cpu"), "shipped checkpoint"
+        return inference.Predictor(shipped, "cpu", amp=amp), "shipped checkpoint"
     cfg = au.ESC50_FEATURES
     torch.manual_seed(0)
     model = models.build_model(name, num_classes=50, n_mels=cfg.n_mels, n_frames=cfg.n_frames)
     meta = {"class_names": [f"class_{i}" for i in range(50)], "feature_config": cfg.to_dict(),
             "normalization": {"mean": [-6.0] * cfg.n_mels, "std": [4.0] * cfg.n_mels}}
     path = save_checkpoint(tmp / f"{name}.safetensors", model, meta)
-    return inference.Predictor(path, "cpu"), "default config, random weights"
+    return inference.Predictor(path, "cpu", amp=amp), "default config, random weights"
 
 
 def main() -> None:
@@ -78,12 +78,15 @@ def main() -> None:
     p.add_argument("--batch", type=int, default=32)
     p.add_argument("--seconds", type=float, default=3.0, help="time spent per measurement")
     p.add_argument("--checkpoint-dir", default=str(inference.CHECKPOINT_DIR))
+    p.add_argument("--no-amp", action="store_true", help="fp32 even where the CPU has native bf16 "
+                   "(default: the engine's rule, as inference.py)")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     names = args.models.split(",") if args.models else models.available()
     load0 = os.getloadavg()
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {os.cpu_count()} CPUs visible, "
-          f"OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY')}, "
+          f"OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY')}, precision: "
+          f"{'fp32 (--no-amp)' if args.no_amp else 'the engine rule (bf16 where the CPU has it natively)'}, "
           f"load average {load0[0]:.2f} / {load0[1]:.2f} / {load0[2]:.2f} (1 / 5 / 15 min)")
     rng = np.random.default_rng(0)
     wave = torch.from_numpy((0.1 * rng.standard_normal(80_000)).astype(np.float32))
@@ -100,7 +103,7 @@ def main() -> None:
                   "(not included below)")
         for name in names:
             try:
-                pred, source = predictor_for(name, Path(args.checkpoint_dir), tmp)
+                pred, source = predictor_for(name, Path(args.checkpoint_dir), tmp, amp=False if args.no_amp else None)
             except Exception as exc:  # noqa: BLE001 - a model still being written must not stop the rest
                 skipped.append(f"{name}: skipped ({type(exc).__name__}: {str(exc).strip()[:120]})")
                 print(skipped[-1], flush=True)
