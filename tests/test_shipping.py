@@ -45,3 +45,15 @@ def test_a_run_of_other_settings_is_refused(recipe_run, esc50_flac, tmp_path):
         ship_recipe_run(out, d / "other.yaml", tmp_path / "ck", "x", data_dir=str(esc50_flac))
     with pytest.raises(ValueError, match="says eval_crops 1, not 3"):
         ship_recipe_run(out, d / "r.yaml", tmp_path / "ck", "x", eval_crops=3, data_dir=str(esc50_flac))
+
+
+def test_a_chosen_evaluation_view_is_recorded_with_its_validation_figures(recipe_run, esc50_flac, tmp_path):
+    d, out = recipe_run
+    (d / "crops.yaml").write_text(RECIPE.replace("eval_crops: 1", "eval_crops: 3"))
+    dest = ship_recipe_run(out, d / "crops.yaml", tmp_path / "ck", "c", eval_crops=3, data_dir=str(esc50_flac))
+    meta = read_meta(dest)
+    metrics = json.loads((tmp_path / "ck" / "c.metrics.json").read_text())
+    assert meta["train_config"]["eval_crops"] == 3 and metrics["eval_crops"] == 3
+    from classify.predictor import Predictor
+    assert Predictor(dest, "cpu").eval_crops == 3
+    assert meta["metrics"]["val_acc"] == metrics["val_acc"]

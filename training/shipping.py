@@ -54,7 +54,8 @@ def ship_recipe_run(run_dir: str | os.PathLike, recipe: str | os.PathLike, check
     with ``train.py --recipe``: the recipe file's name, the run's fingerprint, its clips (the split
     by clip names and labels) and its (empty) provenance. ``eval_crops`` (chosen on the validation
     fold) is written into the recorded training config; with ``select: last`` it changes nothing
-    in training, only how the checkpoint is evaluated, so the recipe must say the same.
+    in training, only how the checkpoint is evaluated, so the recipe must say the same. The shipped
+    validation figures are those of that evaluation.
     """
     from dataclasses import asdict
 
@@ -62,6 +63,7 @@ def ship_recipe_run(run_dir: str | os.PathLike, recipe: str | os.PathLike, check
     from training.checkpoint import atomic_write, build_from_checkpoint, save_checkpoint
     from training.cli import data_spec_from_args, model_config_from_args, parse_args, train_config_from_args
     from training.data import build_datasets
+    from training.engine import eval_views, metrics_with_loss, predict_proba
     from training.runner import checked_data_spec, checked_model_config
 
     run_dir, checkpoint_dir = Path(run_dir), Path(checkpoint_dir)
@@ -96,12 +98,21 @@ def ship_recipe_run(run_dir: str | os.PathLike, recipe: str | os.PathLike, check
                 clips=provenance.dataset_clips(train_ds, val_ds, test_ds),
                 provenance=provenance.run_provenance(cfg.distill_from, resolved.get("init_from")))
     meta["train_config"] = {**trained, "eval_crops": int(cfg.eval_crops)}
+    # the validation figures as the checkpoint will be evaluated (its recorded view)
+    norm = meta["normalization"]
+    val_ds.set_normalization(norm["mean"], norm["std"])
+    probs, labels = predict_proba(model, val_ds, 32, "cpu", cfg.amp, **eval_views(cfg, val_ds.feature_cfg))
+    val = metrics_with_loss(probs, labels, val_ds.class_names, meta.get("task"))
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    metrics.update(val_acc=val["accuracy"], val_macro_f1=val["macro_f1"], eval_crops=int(cfg.eval_crops),
+                   recipe=Path(recipe).name)
+    meta["metrics"] = {**(meta.get("metrics") or {}), "val_acc": val["accuracy"], "val_macro_f1": val["macro_f1"]}
     checkpoint_dir.mkdir(parents=True, exist_ok=True)
     dest = checkpoint_dir / f"{name}.safetensors"
     save_checkpoint(dest, model, meta)
-    for suffix in ("history.json", "metrics.json"):
-        src = run_dir / suffix
-        atomic_write(checkpoint_dir / f"{name}.{suffix}", lambda tmp, s=src: shutil.copyfile(s, tmp))
+    atomic_write(checkpoint_dir / f"{name}.history.json",
+                 lambda tmp: shutil.copyfile(run_dir / "history.json", tmp))
+    atomic_write(checkpoint_dir / f"{name}.metrics.json", lambda tmp: Path(tmp).write_text(json.dumps(metrics, indent=1)))
     return dest
 
 
