@@ -165,8 +165,12 @@ def attempts_table(path: Path) -> pd.DataFrame | None:
     if not path.exists():
         return None
     df = pd.read_csv(path, dtype={"budget": str}, keep_default_na=False)
-    df["cell"] = [f"{v:g} / {t:g}" + (f" ({b})" if b else "") for v, t, b in zip(df.val_acc, df.test_acc, df.budget)]
+    def acc(x) -> str:          # an empty cell: that fold was not read for the attempt
+        return "not read" if x == "" else f"{float(x):g}"
+
+    df["cell"] = [f"{acc(v)} / {acc(t)}" + (f" ({b})" if b else "") for v, t, b in zip(df.val_acc, df.test_acc, df.budget)]
     table = df.pivot(index="attempt", columns="model", values="cell").reindex(list(dict.fromkeys(df.attempt)))
+    table = table.fillna("")
     return table.rename(columns={"liquid_s4": "Liquid-S4 (PolyB)", "mamba": "Mamba", "vjepa2": "V-JEPA2 ViT (`mini`)"})
 
 
