@@ -86,17 +86,21 @@ def test_vit_conv_stem_context_ignores_hidden_tubelets():
     assert not torch.allclose(enc(tub, tubelets=True)[:, keep[0]], enc(tub2, tubelets=True)[:, keep[0]], atol=1e-3)
 
 
-def test_jepa_with_conv_stem_trains_and_ema_tracks_batchnorm_statistics():
+def test_jepa_with_conv_stem_trains_and_the_target_keeps_its_batchnorm_statistics():
     from training.jepa import build_jepa
 
     torch.manual_seed(0)
     j, _ = build_jepa(155, 128, "tiny", {"stem": "conv"})
     j.train()
+    bn = [m for m in j.encoder.modules() if isinstance(m, torch.nn.BatchNorm2d)][0]
+    bn_t = [m for m in j.target_encoder.modules() if isinstance(m, torch.nn.BatchNorm2d)][0]
+    init = bn_t.running_mean.clone()
     loss = j(torch.randn(3, 155, 128))
     loss.backward()
     assert torch.isfinite(loss)
-    bn = [m for m in j.encoder.modules() if isinstance(m, torch.nn.BatchNorm2d)][0]
-    bn_t = [m for m in j.target_encoder.modules() if isinstance(m, torch.nn.BatchNorm2d)][0]
-    assert not torch.allclose(bn.running_mean, bn_t.running_mean)     # the context encoder saw data
-    j.ema_update(0.0)
-    assert torch.equal(bn.running_mean, bn_t.running_mean) and torch.equal(bn.num_batches_tracked, bn_t.num_batches_tracked)
+    assert not torch.allclose(bn_t.running_mean, init)                    # statistics of the whole inputs
+    assert not torch.allclose(bn.running_mean, bn_t.running_mean)         # not the masked inputs'
+    kept = bn_t.running_mean.clone()
+    j.ema_update(0.0)                                                     # parameters copied, statistics kept
+    assert torch.equal(bn_t.running_mean, kept)
+    assert all(torch.equal(a, b) for a, b in zip(j.target_encoder.parameters(), j.encoder.parameters()))
