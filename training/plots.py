@@ -280,7 +280,7 @@ def comparison_figure(results: dict, latency: dict[str, float] | None = None, en
     plot_val_curves(results, ax[0, 0])
     ax[0, 0].set_title("validation accuracy per epoch")
     plot_test_bars(results, ax[0, 1], ensembles)
-    ax[0, 1].set_title("test accuracy (best-validation checkpoint)")
+    ax[0, 1].set_title("test accuracy (shipped checkpoints)")
     plot_accuracy_vs(results, {n: r.params for n, r in results.items() if r.params}, "parameters", ax[1, 0])
     ax[1, 0].set_title("accuracy vs size")
     if latency:
