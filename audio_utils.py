@@ -944,10 +944,10 @@ def load_esc50_features(root, feature_cfg: FeatureConfig = ESC50_FEATURES, cache
     return _esc50_cache[key]
 
 
-def ESC50Dataset(root: str | os.PathLike, folds: Iterable[int] = (1, 2, 3), mode: str = "sequence",
-                 augment: bool | AugmentConfig = False, expansion: int | None = None,
-                 feature_cfg: FeatureConfig = ESC50_FEATURES, cache_dir=None,
-                 normalization=None, progress: bool = False, **kw) -> FeatureDataset:
+def esc50_dataset(root: str | os.PathLike, folds: Iterable[int] = (1, 2, 3), mode: str = "sequence",
+                  augment: bool | AugmentConfig = False, expansion: int | None = None,
+                  feature_cfg: FeatureConfig = ESC50_FEATURES, cache_dir=None,
+                  normalization=None, progress: bool = False, **kw) -> FeatureDataset:
     """ESC-50 clips of the given folds as a :class:`FeatureDataset`.
 
     Reads ``meta/esc50.csv``; audio may be the official 44.1-kHz ``audio/<name>.wav`` or a
@@ -1228,11 +1228,11 @@ def folder_split(files: Sequence[Path], labels: Sequence[int], root: str | os.Pa
     return stratified_split(labels, fractions, seed, groups, group_scope)
 
 
-def FolderDataset(root: str | os.PathLike, feature_cfg: FeatureConfig | None = None, classes=None, merge=None,
-                  split: str | None = None, fractions: Sequence[float] = (0.7, 0.15, 0.15), seed: int = 0,
-                  mode: str = "sequence", augment: bool | AugmentConfig = False, expansion: int | None = None,
-                  cache_dir=None, normalization=None, progress: bool = False, group_pattern: str | None = None,
-                  group_scope: str = "class", split_file: str | os.PathLike | None = None, **kw) -> FeatureDataset:
+def folder_dataset(root: str | os.PathLike, feature_cfg: FeatureConfig | None = None, classes=None, merge=None,
+                   split: str | None = None, fractions: Sequence[float] = (0.7, 0.15, 0.15), seed: int = 0,
+                   mode: str = "sequence", augment: bool | AugmentConfig = False, expansion: int | None = None,
+                   cache_dir=None, normalization=None, progress: bool = False, group_pattern: str | None = None,
+                   group_scope: str = "class", split_file: str | os.PathLike | None = None, **kw) -> FeatureDataset:
     """A class-per-folder dataset of any audio as a :class:`FeatureDataset`.
 
     Clips of any length are padded / cropped to ``feature_cfg.duration`` (onset-aligned when

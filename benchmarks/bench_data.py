@@ -48,7 +48,7 @@ def main() -> None:
     print(f"feature cache, {len(meta.files)} clips -> {tuple(feats.shape)}: build {build:.2f} s "
           f"(goal <= 15 s), reopen {reopen * 1000:.1f} ms")
 
-    ds = au.ESC50Dataset(args.data_dir, folds=[1, 2, 3], augment=True)
+    ds = au.esc50_dataset(args.data_dir, folds=[1, 2, 3], augment=True)
     ds.set_normalization(*ds.compute_normalization())
     g = torch.Generator().manual_seed(0)
     t0 = time.perf_counter()

@@ -95,9 +95,9 @@ def main() -> None:
     bf16 = amp_dtype("cpu")
     print(f"torch {torch.__version__}, threads {torch.get_num_threads()}, cpus {os.cpu_count()}, "
           f"load avg {os.getloadavg()[0]:.2f}, native bf16: {bf16 is not None}")
-    train = au.ESC50Dataset(args.data_dir, folds=[1, 2, 3], augment=RECIPE_AUGMENT, expansion=1)
+    train = au.esc50_dataset(args.data_dir, folds=[1, 2, 3], augment=RECIPE_AUGMENT, expansion=1)
     train.set_normalization(*train.compute_normalization())
-    val = au.ESC50Dataset(args.data_dir, folds=[4]).set_normalization(*train.normalization)
+    val = au.esc50_dataset(args.data_dir, folds=[4]).set_normalization(*train.normalization)
     crop = crop_frames_for(args.crop, train.feature_cfg)
     print(f"per 1200-clip epoch = {STEPS_PER_EPOCH} steps of 32; crop {args.crop} s = {crop} frames; "
           f"validation = 400 whole clips, batch 32")

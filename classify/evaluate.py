@@ -141,7 +141,7 @@ def evaluation_data(pred, dataset: str | None = None, data_dir: str | None = Non
                 raise UsageError(f"--classes: {', '.join(unknown)} not among the dataset's classes "
                                  f"({', '.join(data_names[:10])}{' ...' if len(data_names) > 10 else ''})")
             idx = idx[np.isin(np.asarray(labels)[idx], [data_names.index(c) for c in mapping])]
-        # the same file list as training's FolderDataset, so that its feature cache is reused
+        # the same file list as training's folder_dataset, so that its feature cache is reused
         feats = au.cached_features(files, cfg, cache_dir, progress=progress)
         feats = feats[idx] if len(idx) else feats[:0]
         data_labels = [data_names[labels[i]] for i in idx]

@@ -172,18 +172,18 @@ def test_spec_masks_widths_and_value():
 
 # ------------------------------------------------------------------ datasets, folds, cache
 def test_esc50_folds_and_layouts(esc50_flac, esc50_wav):
-    tr = au.ESC50Dataset(esc50_flac, folds=[1, 2, 3])
-    va = au.ESC50Dataset(esc50_flac, folds=[4])
+    tr = au.esc50_dataset(esc50_flac, folds=[1, 2, 3])
+    va = au.esc50_dataset(esc50_flac, folds=[4])
     assert tr.num_clips == 3 * 3 * 2 and va.num_clips == 3 * 2
     assert all(n.startswith(("1-", "2-", "3-")) for n in tr.names) and all(n.startswith("4-") for n in va.names)
     assert tr.class_names == CLASSES
     x, y = tr[0]
     assert x.shape == (155, 128) and y.dtype == torch.long
-    w = au.ESC50Dataset(esc50_wav, folds=[5])      # official layout: 44.1-kHz stereo wav
+    w = au.esc50_dataset(esc50_wav, folds=[5])      # official layout: 44.1-kHz stereo wav
     assert w.num_clips == 3 and w[0][0].shape == (155, 128)
-    aug = au.ESC50Dataset(esc50_flac, folds=[1], augment=True)
+    aug = au.esc50_dataset(esc50_flac, folds=[1], augment=True)
     assert len(aug) == 3 * aug.num_clips          # x3 virtual expansion by default
-    tub = au.ESC50Dataset(esc50_flac, folds=[1], mode="tubelet")
+    tub = au.esc50_dataset(esc50_flac, folds=[1], mode="tubelet")
     assert tub[0][0].shape == (152, 128)
 
 
@@ -192,10 +192,10 @@ def test_missing_and_truncated_clips_are_named(tmp_path):
     victim = sorted((root / "audio").iterdir())[0]
     victim.unlink()
     with pytest.raises(au.AudioError, match=victim.stem):
-        au.ESC50Dataset(root, folds=[1])
+        au.esc50_dataset(root, folds=[1])
     sf.write(victim, np.zeros(16000, np.float32), 16000)          # 1 s instead of 5 s
     with pytest.raises(au.AudioError, match="truncated"):
-        au.ESC50Dataset(root, folds=[1], cache_dir=tmp_path / "c")
+        au.esc50_dataset(root, folds=[1], cache_dir=tmp_path / "c")
 
 
 def test_cache_is_reused_and_keyed_by_config(esc50_flac, tmp_path, monkeypatch):
@@ -214,7 +214,7 @@ def test_cache_is_reused_and_keyed_by_config(esc50_flac, tmp_path, monkeypatch):
 
 
 def test_normalisation_from_training_split_only(esc50_flac):
-    tr = au.ESC50Dataset(esc50_flac, folds=[1, 2, 3])
+    tr = au.esc50_dataset(esc50_flac, folds=[1, 2, 3])
     mean, std = tr.compute_normalization()
     feats = au.crop_frames(tr.features, 155)
     assert torch.allclose(mean, feats.mean((0, 1)), atol=1e-4)
@@ -224,7 +224,7 @@ def test_normalisation_from_training_split_only(esc50_flac):
 
 
 def test_get_batch_deterministic_with_generator(esc50_flac):
-    ds = au.ESC50Dataset(esc50_flac, folds=[1, 2], augment=True)
+    ds = au.esc50_dataset(esc50_flac, folds=[1, 2], augment=True)
     a = ds.get_batch([0, 1, 2], torch.Generator().manual_seed(3))[0]
     b = ds.get_batch([0, 1, 2], torch.Generator().manual_seed(3))[0]
     c = ds.get_batch([0, 1, 2], torch.Generator().manual_seed(4))[0]
@@ -244,18 +244,18 @@ def test_stratified_split():
 
 def test_folder_dataset(folder_ds):
     cfg = au.FeatureConfig(duration=1.0, n_frames=31)
-    full = au.FolderDataset(folder_ds, cfg)
+    full = au.folder_dataset(folder_ds, cfg)
     assert full.class_names == sorted(CLASSES) and full.num_clips == 18      # .txt/.xyz ignored
     assert full[0][0].shape == (31, 128)
-    parts = [au.FolderDataset(folder_ds, cfg, split=s, seed=0) for s in ("train", "val", "test")]
+    parts = [au.folder_dataset(folder_ds, cfg, split=s, seed=0) for s in ("train", "val", "test")]
     names = [set(p.names) for p in parts]
     assert not (names[0] & names[1]) and not (names[0] & names[2]) and sum(map(len, names)) == 18
-    merged = au.FolderDataset(folder_ds, cfg, merge={"tonal": ["low_tone", "high_tone"]})
+    merged = au.folder_dataset(folder_ds, cfg, merge={"tonal": ["low_tone", "high_tone"]})
     assert sorted(merged.class_names) == ["noise_bursts", "tonal"]
-    only = au.FolderDataset(folder_ds, cfg, classes=["high_tone", "low_tone"])
+    only = au.folder_dataset(folder_ds, cfg, classes=["high_tone", "low_tone"])
     assert only.class_names == ["high_tone", "low_tone"] and only.num_clips == 12
     with pytest.raises(ValueError, match="unknown class"):
-        au.FolderDataset(folder_ds, cfg, classes=["cowbell"])
+        au.folder_dataset(folder_ds, cfg, classes=["cowbell"])
 
 
 # ------------------------------------------------------------------ resampling with bounded cost (issue 14.2)

@@ -32,7 +32,7 @@ def test_download_from_url_verifies_and_unpacks(official_zip, tmp_path):
     url = official_zip.resolve().as_uri()                    # file:// exercises the download path
     assert dl.main(["--url", url, "--dest", str(dest), "--sha256", dl.sha256sum(official_zip)]) == 0
     assert (dest / "meta" / "esc50.csv").exists() and len(list((dest / "audio").glob("*.wav"))) == 6
-    ds = au.ESC50Dataset(dest, folds=[1, 2], cache_dir=tmp_path / "cache")
+    ds = au.esc50_dataset(dest, folds=[1, 2], cache_dir=tmp_path / "cache")
     assert ds.num_clips == 6
 
 

@@ -67,7 +67,7 @@ def test_folder_loader_edge_cases(edge_ds):
     assert names == ["kick", "snare"]
     assert got == sorted(["short_5ms.wav", "stereo.flac", "rate48k.wav", "late_onset.ogg", "silence.wav",
                           "UPPER.WAV"] + [f"snare_{k}.flac" for k in range(4)])      # .xyz/.txt/hidden ignored
-    ds = au.FolderDataset(edge_ds, DRUMS)
+    ds = au.folder_dataset(edge_ds, DRUMS)
     feats = torch.as_tensor(np.asarray(ds.features))
     assert feats.shape == (10, DRUMS.full_frames, DRUMS.n_mels) and torch.isfinite(feats).all()
     floor = math.log(DRUMS.log_offset)

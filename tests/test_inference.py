@@ -74,7 +74,7 @@ def test_classifies_any_format_rate_channels_and_matches_training_features(train
     recs = {Path(r["file"]).name: r for r in jsonl(out)}
     assert len(recs) == len(files)
     pred = inference.Predictor(trained / "best.safetensors", "cpu")
-    ds = au.ESC50Dataset(esc50_flac, [5], feature_cfg=pred.cfg, normalization=pred.normalization)
+    ds = au.esc50_dataset(esc50_flac, [5], feature_cfg=pred.cfg, normalization=pred.normalization)
     probs, _ = predict_proba(pred.model, ds, batch_size=4)
     for name, p in zip(ds.names, probs):
         got = {t["label"]: t["prob"] for t in recs[name.replace(".wav", ".flac")]["top"]}
@@ -300,7 +300,7 @@ def test_evaluate_folder_dataset_split(folder_ds, tmp_path, monkeypatch, capsys)
     assert (tmp_path / "eval_f_test" / "confusion_matrix.png").exists()       # default --out-dir
     res = json.loads(out)
     pred = inference.Predictor(ck, "cpu")
-    ds = au.FolderDataset(folder_ds, cfg, split="test", seed=3, normalization=pred.normalization)
+    ds = au.folder_dataset(folder_ds, cfg, split="test", seed=3, normalization=pred.normalization)
     probs, labels = predict_proba(pred.model, ds)
     assert res["data"]["split_seed"] == 3 and res["n"] == ds.num_clips == 3
     assert res["accuracy"] == float((probs.argmax(1) == labels).mean()) and res["matches_training"] is False

@@ -64,7 +64,7 @@ def thread_calls(monkeypatch):
 def test_data_pipeline_leaves_the_thread_count_alone(esc50_flac, thread_calls):
     import audio_utils as au
 
-    ds = au.ESC50Dataset(esc50_flac, (1,), augment=True)
+    ds = au.esc50_dataset(esc50_flac, (1,), augment=True)
     x, y = ds.get_batch([0, 1])
     assert x.shape[0] == 2 and thread_calls == []
 

@@ -83,17 +83,17 @@ def build_datasets(spec: DataSpec, progress: bool = False) -> tuple[au.FeatureDa
         if overlap:
             raise ValueError(f"folds {sorted(overlap)} appear in more than one split")
         common = dict(feature_cfg=cfg, cache_dir=spec.cache_dir, progress=progress)
-        train = au.ESC50Dataset(root, spec.train_folds, augment=aug, expansion=spec.expansion, **common)
-        val = au.ESC50Dataset(root, spec.val_folds, **common)
-        test = au.ESC50Dataset(root, spec.test_folds, **common) if spec.test_folds else None
+        train = au.esc50_dataset(root, spec.train_folds, augment=aug, expansion=spec.expansion, **common)
+        val = au.esc50_dataset(root, spec.val_folds, **common)
+        test = au.esc50_dataset(root, spec.test_folds, **common) if spec.test_folds else None
     elif spec.kind == "folder":
         common = dict(feature_cfg=cfg, classes=spec.classes, merge=spec.merge, fractions=spec.fractions,
                       seed=spec.split_seed, cache_dir=spec.cache_dir, progress=progress,
                       group_pattern=spec.group_pattern, group_scope=spec.group_scope,
                       split_file=spec.split_file)
-        train = au.FolderDataset(root, split="train", augment=aug, expansion=spec.expansion, **common)
-        val = au.FolderDataset(root, split="val", **common)
-        test = au.FolderDataset(root, split="test", **common)
+        train = au.folder_dataset(root, split="train", augment=aug, expansion=spec.expansion, **common)
+        val = au.folder_dataset(root, split="val", **common)
+        test = au.folder_dataset(root, split="test", **common)
     else:
         raise ValueError(f"unknown dataset kind '{spec.kind}' (esc50 or folder)")
     if spec.one_vs_rest:

@@ -26,7 +26,7 @@ def fold_probabilities(checkpoint: str | os.PathLike, data_root: str | os.PathLi
     feat = au.FeatureConfig.from_dict(meta["feature_config"])
     folds = tuple(folds or (meta.get("dataset") or {}).get("test_folds") or (5,))
     norm = meta["normalization"]
-    ds = au.ESC50Dataset(data_root, folds, feature_cfg=feat,
+    ds = au.esc50_dataset(data_root, folds, feature_cfg=feat,
                          normalization=(torch.tensor(norm["mean"]), torch.tensor(norm["std"])))
     if ds.class_names != list(meta["class_names"]):
         raise ValueError(f"{checkpoint}: class names differ from the dataset at {data_root}")

@@ -449,9 +449,9 @@ def main(argv=None):
             folds = "".join(map(str, sorted(set(args.folds))))
             args.out = os.path.join("runs", f"vjepa2_jepa-folds{folds}-{short_hash(settings)}")
 
-        from audio_utils import ESC50Dataset
+        from audio_utils import esc50_dataset
 
-        ds = ESC50Dataset(args.data_dir, folds=args.folds, mode="sequence", augment=args.augment, expansion=1,
+        ds = esc50_dataset(args.data_dir, folds=args.folds, mode="sequence", augment=args.augment, expansion=1,
                           cache_dir=args.cache_dir)
         # normalisation from the pretraining clips = the fine-tuning training split (folds 1-3), which is
         # what the engine computes for train.py, so the encoder sees identically normalised inputs
