@@ -416,6 +416,18 @@ def _uniform(n: int, lo: float, hi: float, g: torch.Generator | None) -> torch.T
     return lo + (hi - lo) * torch.rand(n, generator=g)
 
 
+def shifted_frames(b: int, n_frames: int, cfg: AugmentConfig, g: torch.Generator | None) -> torch.Tensor:
+    """Frame order ``[b, n_frames]`` of each view: ``0..n_frames-1`` rolled by a random circular shift of up
+    to ``time_shift_max`` of the view, with probability ``time_shift_prob``."""
+    k = torch.arange(n_frames).view(1, -1).expand(b, -1)
+    if cfg.time_shift_prob <= 0 or cfg.time_shift_max <= 0:
+        return k
+    max_shift = max(1, int(cfg.time_shift_max * n_frames))
+    shifts = torch.randint(-max_shift, max_shift + 1, (b, 1), generator=g)
+    shifts = shifts * (torch.rand(b, 1, generator=g) < cfg.time_shift_prob)
+    return (k - shifts) % n_frames
+
+
 def crop_and_shift(raw: torch.Tensor, n_frames: int, cfg: AugmentConfig | None,
                    g: torch.Generator | None = None) -> torch.Tensor:
     """Random ``n_frames`` crop of ``[B, T_full, F]`` and, with ``cfg``, a random circular time
@@ -426,12 +438,7 @@ def crop_and_shift(raw: torch.Tensor, n_frames: int, cfg: AugmentConfig | None,
     if t_full < n_frames:
         raw, t_full = crop_frames(raw, n_frames), n_frames
     offsets = torch.randint(0, t_full - n_frames + 1, (b, 1), generator=g)
-    shifts = torch.zeros(b, 1, dtype=torch.long)
-    if cfg.time_shift_prob > 0 and cfg.time_shift_max > 0:
-        max_shift = max(1, int(cfg.time_shift_max * n_frames))
-        shifts = torch.randint(-max_shift, max_shift + 1, (b, 1), generator=g)
-        shifts = shifts * (torch.rand(b, 1, generator=g) < cfg.time_shift_prob)
-    idx = offsets + (torch.arange(n_frames).view(1, -1) - shifts) % n_frames
+    idx = offsets + shifted_frames(b, n_frames, cfg, g)
     return torch.gather(raw, 1, idx.unsqueeze(-1).expand(-1, -1, f))
 
 
@@ -452,12 +459,7 @@ def stretch_crop(raw: torch.Tensor, n_frames: int, cfg: AugmentConfig, g: torch.
     span = torch.minimum(rate * (n_frames - 1), torch.full((b,), float(t_full - 1)))
     rate = span / max(n_frames - 1, 1)
     offsets = torch.floor(torch.rand(b, generator=g) * (t_full - span)).clamp(0, t_full - 1)
-    k = torch.arange(n_frames).view(1, -1).expand(b, -1)
-    if cfg.time_shift_prob > 0 and cfg.time_shift_max > 0:
-        max_shift = max(1, int(cfg.time_shift_max * n_frames))
-        shifts = torch.randint(-max_shift, max_shift + 1, (b, 1), generator=g)
-        shifts = shifts * (torch.rand(b, 1, generator=g) < cfg.time_shift_prob)
-        k = (k - shifts) % n_frames
+    k = shifted_frames(b, n_frames, cfg, g)
     pos = (offsets.view(-1, 1) + k * rate.view(-1, 1)).clamp(0, t_full - 1)
     i0 = pos.floor().long()
     i1 = (i0 + 1).clamp(max=t_full - 1)

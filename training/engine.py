@@ -20,6 +20,7 @@ gradients are averaged by DDP, and only rank 0 writes files.
 from __future__ import annotations
 
 import csv
+import functools
 import json
 import math
 import os
@@ -125,15 +126,20 @@ def cpu_has_native_bf16() -> bool:
     Without it oneDNN emulates bf16 and autocast is slower than fp32, so the engine keeps fp32."""
     if os.environ.get("AUDIO_FORCE_CPU_BF16") is not None:        # tests / benchmarks
         return os.environ["AUDIO_FORCE_CPU_BF16"] == "1"
+    return bool({"avx512_bf16", "amx_bf16"} & _cpu_flags())
+
+
+@functools.lru_cache(maxsize=1)
+def _cpu_flags() -> frozenset:
+    """The CPU feature flags of ``/proc/cpuinfo`` (empty where it cannot be read), read once."""
     try:
         with open("/proc/cpuinfo") as fh:
             for line in fh:
                 if line.startswith("flags"):
-                    flags = set(line.split(":", 1)[1].split())
-                    return bool({"avx512_bf16", "amx_bf16"} & flags)
+                    return frozenset(line.split(":", 1)[1].split())
     except OSError:
         pass
-    return False
+    return frozenset()
 
 
 def amp_dtype(device, enabled: bool = True) -> torch.dtype | None:
@@ -492,7 +498,7 @@ def fit(model: torch.nn.Module, train_ds, val_ds, test_ds=None, cfg: TrainConfig
 
     def ckpt_meta(metrics: dict) -> dict:
         m = dict(meta)
-        m.update(model_name=getattr(base_model, "model_name", type(base_model).__name__),
+        m.update(model_name=model_name_of(base_model),
                  model_config=getattr(base_model, "model_config", {}),
                  num_classes=train_ds.num_classes, class_names=train_ds.class_names,
                  feature_config=train_ds.feature_cfg.to_dict(),
@@ -620,7 +626,7 @@ def fit(model: torch.nn.Module, train_ds, val_ds, test_ds=None, cfg: TrainConfig
                      "stopped": stopped, "ema": ema.module.state_dict() if ema is not None else None}
             atomic_write(last_path, lambda t: torch.save(state, t))
             _write_history(out, history)
-            _write_progress(out, history, best, cfg, metrics_model_name(base_model))
+            _write_progress(out, history, best, cfg, model_name_of(base_model))
             this_run = time.perf_counter() - loop_t0
             eta = this_run / (epoch + 1 - start_epoch) * (cfg.epochs - epoch - 1)
             elapsed = earlier + this_run
@@ -643,7 +649,8 @@ def fit(model: torch.nn.Module, train_ds, val_ds, test_ds=None, cfg: TrainConfig
     return finalize(base_model, out, train_ds, val_ds, test_ds, cfg, device, history, best, task, ckpt_meta, dist)
 
 
-def metrics_model_name(model) -> str:
+def model_name_of(model) -> str:
+    """The registry name of a model built by ``models.build_model`` (else its class name)."""
     return getattr(model, "model_name", type(model).__name__)
 
 
@@ -672,7 +679,7 @@ def finalize(model, out: Path, train_ds, val_ds, test_ds, cfg, device, history, 
     test = evaluate(model, test_ds, cfg.eval_batch_size, device, cfg.amp, task, **views) if test_ds is not None else None
     epoch_times = [h["epoch_time"] for h in history]
     metrics = {
-        "model": getattr(model, "model_name", type(model).__name__),
+        "model": model_name_of(model),
         "params": sum(p.numel() for p in model.parameters()),
         "status": "finished", "best_epoch": best["epoch"], "best_weights": best.get("weights", "raw"),
         "selection": cfg.select, "epochs_run": len(history),
