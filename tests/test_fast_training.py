@@ -257,3 +257,28 @@ def test_time_stretch_reads_a_longer_or_shorter_span():
     plain = au.stretch_crop(raw, 40, au.AugmentConfig(stretch_prob=0.0, time_shift_prob=0.0),
                             torch.Generator().manual_seed(0))
     assert torch.equal(plain[:, 1:, 0] - plain[:, :-1, 0], torch.ones(4, 39))
+
+
+# ------------------------------------------------------------------ refit on every training fold
+def test_refit_without_validation_ships_the_last_weights(esc50_flac, tmp_path, capsys):
+    from training import cli
+    from training.checkpoint import read_meta
+
+    base = ["--model", "cnn", "--preset", "tiny", "--data-dir", str(esc50_flac), "--epochs", "2",
+            "--batch-size", "6", "--no-progress", "--threads", "1", "--no-augment", "--expansion", "1",
+            "--train-folds", "1,2,3,4", "--val-folds", "", "--test-folds", ""]
+    assert cli.main([*base, "--out", str(tmp_path / "bad")]) == 2          # select best: nothing to choose on
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and "without a validation split" in err and "select 'last'" in err
+    out = tmp_path / "refit"
+    assert cli.main([*base, "--select", "last", "--ema", "0.9", "--out", str(out)]) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["status"] == "finished" and metrics["val_acc"] is None and metrics["n_val"] == 0
+    assert metrics["best_epoch"] == 2 and metrics["best_weights"] == "ema"
+    meta = read_meta(out / "best.safetensors")
+    assert sorted(meta["clips"]) == ["train"] and meta["dataset"]["val_folds"] == []
+    assert {int(c[0].split("-")[0]) for c in meta["clips"]["train"]} == {1, 2, 3, 4}
+    state, _ = load_checkpoint(out / "best.safetensors")
+    last = torch.load(out / "last.pt", weights_only=True)
+    for k, v in last["ema"].items():
+        torch.testing.assert_close(state[k], v)

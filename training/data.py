@@ -84,7 +84,8 @@ def build_datasets(spec: DataSpec, progress: bool = False) -> tuple[au.FeatureDa
             raise ValueError(f"folds {sorted(overlap)} appear in more than one split")
         common = dict(feature_cfg=cfg, cache_dir=spec.cache_dir, progress=progress)
         train = au.esc50_dataset(root, spec.train_folds, augment=aug, expansion=spec.expansion, **common)
-        val = au.esc50_dataset(root, spec.val_folds, **common)
+        # no validation folds: a refit on every training fold (no epoch or threshold chosen on anything)
+        val = au.esc50_dataset(root, spec.val_folds, **common) if spec.val_folds else None
         test = au.esc50_dataset(root, spec.test_folds, **common) if spec.test_folds else None
     elif spec.kind == "folder":
         common = dict(feature_cfg=cfg, classes=spec.classes, merge=spec.merge, fractions=spec.fractions,
@@ -97,6 +98,6 @@ def build_datasets(spec: DataSpec, progress: bool = False) -> tuple[au.FeatureDa
     else:
         raise ValueError(f"unknown dataset kind '{spec.kind}' (esc50 or folder)")
     if spec.one_vs_rest:
-        train, val = one_vs_rest(train, spec.one_vs_rest), one_vs_rest(val, spec.one_vs_rest)
-        test = one_vs_rest(test, spec.one_vs_rest) if test is not None else None
+        train, val, test = (one_vs_rest(ds, spec.one_vs_rest) if ds is not None else None
+                            for ds in (train, val, test))
     return train, val, test

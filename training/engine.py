@@ -360,7 +360,10 @@ def _check_shared_dir(out: Path, dist: DistInfo, device) -> None:
                            "every node can read (rank 0 writes the checkpoints the others load)")
 
 
-def _check_config(cfg: TrainConfig, teacher) -> None:
+def _check_config(cfg: TrainConfig, teacher, val_ds=True) -> None:
+    if val_ds is None and (cfg.select != "last" or cfg.patience > 0):
+        raise ValueError("training without a validation split (a refit) needs select 'last' and patience 0: "
+                         "nothing can be chosen on validation")
     if cfg.eval_crops > 1 and not cfg.crop > 0:
         raise ValueError("eval_crops > 1 needs crop > 0 (the crop length in seconds)")
     if cfg.val_every < 1:
@@ -401,7 +404,7 @@ def fit(model: torch.nn.Module, train_ds, val_ds, test_ds=None, cfg: TrainConfig
     ``task`` for one-vs-rest). ``on_epoch_end(row, history)`` is called after every epoch on
     rank 0 (the notebooks draw live curves with it).
     """
-    _check_config(cfg, teacher)
+    _check_config(cfg, teacher, val_ds)
     dist = DistInfo.current()
     out = Path(out_dir)
     if dist.main:
@@ -590,7 +593,7 @@ def fit(model: torch.nn.Module, train_ds, val_ds, test_ds=None, cfg: TrainConfig
             tdist.all_reduce(agg)
             loss_sum, correct, n_seen = agg.tolist()
         train_time = time.perf_counter() - t0
-        validate = (epoch + 1) % cfg.val_every == 0 or epoch + 1 == cfg.epochs
+        validate = val_ds is not None and ((epoch + 1) % cfg.val_every == 0 or epoch + 1 == cfg.epochs)
         nan = {"loss": float("nan"), "accuracy": float("nan")}
         val = evaluate_val(base_model) if validate else nan
         val_ema = (evaluate_val(ema.module) if validate else nan) if ema is not None else None
@@ -606,7 +609,9 @@ def fit(model: torch.nn.Module, train_ds, val_ds, test_ds=None, cfg: TrainConfig
                                            (val_ema["accuracy"], -val_ema["loss"]) >= (val["accuracy"], -val["loss"]))
         cand = val_ema if use_ema else val
         cand_net = ema.module if use_ema else base_model
-        if not validate:
+        if val_ds is None:      # a refit: the weights after the last epoch are the model
+            improved = epoch + 1 == cfg.epochs
+        elif not validate:
             improved = False
         elif cfg.select == "last":
             improved = True
@@ -672,10 +677,12 @@ def finalize(model, out: Path, train_ds, val_ds, test_ds, cfg, device, history, 
     model.load_state_dict(state)
     model.to(device)
     views = eval_views(cfg, train_ds.feature_cfg)
-    probs, labels = predict_proba(model, val_ds, cfg.eval_batch_size, device, cfg.amp, **views)
-    if task.get("type") == "binary":
-        task["threshold"] = best_threshold(probs[:, 1], labels == 1)   # chosen on validation only
-    val = metrics_with_loss(probs, labels, val_ds.class_names, task)
+    val = {"accuracy": None, "macro_f1": None, "n": 0}      # a refit has no validation split
+    if val_ds is not None:
+        probs, labels = predict_proba(model, val_ds, cfg.eval_batch_size, device, cfg.amp, **views)
+        if task.get("type") == "binary":
+            task["threshold"] = best_threshold(probs[:, 1], labels == 1)   # chosen on validation only
+        val = metrics_with_loss(probs, labels, val_ds.class_names, task)
     test = evaluate(model, test_ds, cfg.eval_batch_size, device, cfg.amp, task, **views) if test_ds is not None else None
     epoch_times = [h["epoch_time"] for h in history]
     metrics = {
@@ -694,7 +701,7 @@ def finalize(model, out: Path, train_ds, val_ds, test_ds, cfg, device, history, 
         "task": task,
     }
     if task.get("type") == "binary":
-        metrics["val_binary"] = val["binary"]
+        metrics["val_binary"] = val.get("binary")
         metrics["test_binary"] = test["binary"] if test else None
     if test is not None:
         metrics["test_per_class_accuracy"] = test["per_class_accuracy"]
@@ -708,6 +715,7 @@ def finalize(model, out: Path, train_ds, val_ds, test_ds, cfg, device, history, 
         atomic_write(out / "metrics.json", lambda t: Path(t).write_text(json.dumps(metrics, indent=1)))
         if history:
             plot_history(history, out / "curves.png", metrics["model"])
-        print(f"best epoch {best['epoch']}: val acc {val['accuracy']:.4f}"
+        val_txt = f"val acc {val['accuracy']:.4f}" if val_ds is not None else "no validation split"
+        print(f"{'best' if val_ds is not None else 'last'} epoch {best['epoch']}: {val_txt}"
               + (f" | test acc {test['accuracy']:.4f} (n={test['n']})" if test else ""), flush=True)
     return metrics
