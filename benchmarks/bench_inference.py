@@ -9,6 +9,11 @@ does not depend on the weights). Models whose module does not import are skipped
 Decoding a file is model-independent and is timed once, separately.
 
     python benchmarks/bench_inference.py [--threads 2] [--models cnn,mamba] [--batch 32] [--seconds 3]
+    python benchmarks/bench_inference.py --compare-precision --threads 1
+
+``--compare-precision``: batch-1 ``predict()`` wall time in fp32 and in bf16 autocast per model, the two
+measured in alternating rounds (so that other load hits both alike), their ratio, and the precision
+``inference.Predictor`` uses by default (``models.ModelSpec.cpu_bf16_inference``, set from this table).
 
 Goal: <= 10 ms per clip (batch 1, 2 CPU cores, features included). Note that other processes on the
 machine share the CPU: the load average is printed before and after. Like inference.py, the script
@@ -71,6 +76,36 @@ def predictor_for(name: str, ckpt_dir: Path, tmp: Path, amp: bool | None = None)
     return inference.Predictor(path, "cpu", amp=amp), "default config, random weights"
 
 
+def compare_precision(names: list[str], args, rounds: int = 8) -> None:
+    from training.engine import cpu_has_native_bf16
+
+    if not cpu_has_native_bf16():
+        print("this CPU has no native bf16: inference runs fp32 (nothing to compare)")
+        return
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; batch-1 predict() of a 5-s clip, "
+          f"features included; medians over {rounds} alternating rounds of {args.seconds / rounds:.2f} s each")
+    wave = torch.from_numpy((0.1 * np.random.default_rng(0).standard_normal(80_000)).astype(np.float32))
+    print(f"{'model':<10} {'fp32 ms':>8} {'bf16 ms':>8} {'bf16/fp32':>10}  default at inference")
+    with tempfile.TemporaryDirectory() as tmp:
+        for name in names:
+            try:
+                preds = {amp: predictor_for(name, Path(args.checkpoint_dir), Path(tmp), amp=amp)[0]
+                         for amp in (False, True)}
+            except Exception as exc:  # noqa: BLE001 - a model whose module does not import is skipped
+                print(f"{name}: skipped ({type(exc).__name__}: {str(exc).strip()[:120]})")
+                continue
+            one = preds[False].prepare(wave)[None]
+            times: dict[bool, list[float]] = {False: [], True: []}
+            for _ in range(rounds):
+                for amp, pred in preds.items():
+                    times[amp] += timeit(lambda: pred.predict(one), args.seconds / rounds / 2)
+            fp32, bf16 = (statistics.median(times[a]) * 1000 for a in (False, True))
+            default = "bf16" if models.get_spec(name).cpu_bf16_inference else "fp32"
+            print(f"{name:<10} {fp32:>8.2f} {bf16:>8.2f} {bf16 / fp32:>9.2f}x  {default}", flush=True)
+    load = os.getloadavg()
+    print(f"load average after: {load[0]:.2f} / {load[1]:.2f} / {load[2]:.2f} on {os.cpu_count()} CPUs")
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--threads", type=int, default=2)
@@ -80,9 +115,13 @@ def main() -> None:
     p.add_argument("--checkpoint-dir", default=str(inference.CHECKPOINT_DIR))
     p.add_argument("--no-amp", action="store_true", help="fp32 even where the CPU has native bf16 "
                    "(default: the engine's rule, as inference.py)")
+    p.add_argument("--compare-precision", action="store_true",
+                   help="batch-1 latency in fp32 vs bf16 per model (alternating rounds) and the default choice")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     names = args.models.split(",") if args.models else models.available()
+    if args.compare_precision:
+        return compare_precision(names, args)
     load0 = os.getloadavg()
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {os.cpu_count()} CPUs visible, "
           f"OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY')}, precision: "

@@ -13,6 +13,9 @@ Contract for every registered model
 * ``presets`` holds named overrides (``"tiny"`` for tests/notebooks, ``"gpu"`` for a GPU run).
 * ``train_defaults`` holds the engine hyper-parameters the model is meant to train with
   (``lr``, ``weight_decay``, ``epochs``, ...); the CLI uses them unless told otherwise.
+* ``cpu_bf16_inference``: whether ``inference.Predictor`` uses bf16 autocast at inference on a CPU with
+  native bf16 (training does wherever the engine's rule says so). False where bf16 measured slower than
+  fp32 at batch 1 (``benchmarks/bench_inference.py --compare-precision``); on CUDA the rule is unchanged.
 * Optimiser groups: a parameter may carry an ``_optim`` attribute, a dict with ``lr`` and/or
   ``weight_decay`` (as S4 does for A, B and dt); the engine puts it in its own AdamW group.
   Norm weights, biases and all other 1-D parameters get no weight decay, and so do the names
@@ -43,16 +46,19 @@ class ModelSpec:
     factory: Callable[..., nn.Module]
     presets: dict[str, dict[str, Any]] = field(default_factory=dict)
     train_defaults: dict[str, Any] = field(default_factory=dict)
+    cpu_bf16_inference: bool = True
 
 
 _REGISTRY: dict[str, ModelSpec] = {}
 
 
-def register(name: str, presets: dict[str, dict] | None = None, train_defaults: dict | None = None):
+def register(name: str, presets: dict[str, dict] | None = None, train_defaults: dict | None = None,
+             cpu_bf16_inference: bool = True):
     """Class/function decorator adding a model factory to the registry under ``name``."""
 
     def deco(factory):
-        _REGISTRY[name] = ModelSpec(name, factory, dict(presets or {}), dict(train_defaults or {}))
+        _REGISTRY[name] = ModelSpec(name, factory, dict(presets or {}), dict(train_defaults or {}),
+                                    cpu_bf16_inference)
         return factory
 
     return deco

@@ -13,7 +13,8 @@ from models.stems import conv_blocks
 
 
 @register("mlp", presets={"tiny": {"hidden": 64}, "gpu": {"hidden": 1024}},
-          train_defaults={"lr": 1e-3, "weight_decay": 0.05, "epochs": 60})
+          train_defaults={"lr": 1e-3, "weight_decay": 0.05, "epochs": 60},
+          cpu_bf16_inference=False)   # too small for bf16 to pay for its casts at batch 1
 class MLPClassifier(nn.Module):
     """Statistics pooling over time (mean, std, max per mel bin) -> MLP."""
 

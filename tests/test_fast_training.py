@@ -282,3 +282,24 @@ def test_refit_without_validation_ships_the_last_weights(esc50_flac, tmp_path, c
     last = torch.load(out / "last.pt", weights_only=True)
     for k, v in last["ema"].items():
         torch.testing.assert_close(state[k], v)
+
+
+@pytest.mark.parametrize("name", ["mamba", "cnn"])
+def test_inference_precision_follows_the_model_family_on_a_bf16_cpu(name, monkeypatch, tmp_path):
+    from classify.predictor import Predictor
+    from training.checkpoint import save_checkpoint
+
+    monkeypatch.setenv("AUDIO_FORCE_CPU_BF16", "1")
+    cfg = au.FeatureConfig(duration=1.0, n_mels=16, n_frames=32)
+    model = models.build_model(name, num_classes=3, n_mels=cfg.n_mels, n_frames=cfg.n_frames, preset="tiny")
+    meta = {"class_names": ["a", "b", "c"], "feature_config": cfg.to_dict(), "train_config": {"amp": True},
+            "normalization": {"mean": [0.0] * cfg.n_mels, "std": [1.0] * cfg.n_mels}}
+    path = save_checkpoint(tmp_path / f"{name}.safetensors", model, meta)
+    faster = models.get_spec(name).cpu_bf16_inference
+    assert faster == (name == "cnn")             # measured: bf16 slower at batch 1 for the Mamba scan
+    assert Predictor(path, "cpu").amp_dtype == (torch.bfloat16 if faster else None)
+    assert Predictor(path, "cpu", amp=True).amp_dtype is torch.bfloat16
+    assert Predictor(path, "cpu", amp=False).amp_dtype is None
+    meta["train_config"]["amp"] = False          # a run trained in fp32 is served in fp32
+    path = save_checkpoint(tmp_path / f"{name}_fp32.safetensors", model, meta)
+    assert Predictor(path, "cpu").amp_dtype is None
