@@ -23,7 +23,6 @@ import numpy as np
 import torch
 
 import audio_utils as au
-import models
 from classify.sources import UsageError, err
 from training.checkpoint import CheckpointError, build_from_checkpoint, read_meta
 from training.engine import autocast
@@ -260,7 +259,7 @@ class Predictor:
     """
 
     def __init__(self, checkpoint: str | os.PathLike, device: str = "auto", amp: bool | None = None):
-        from training.engine import amp_dtype, crop_frames_for, resolve_device
+        from training.engine import amp_dtype, crop_frames_for, resolve_device, serving_amp
 
         self.path = Path(checkpoint)
         try:
@@ -278,10 +277,7 @@ class Predictor:
         # precision: the engine's rule (bf16 autocast on CUDA and on CPUs with native bf16) where the
         # run trained with it, except on a CPU for model families where bf16 measured slower than fp32
         # at batch 1 (models.ModelSpec.cpu_bf16_inference); amp=True / False force bf16 / fp32
-        if amp is None:
-            amp = bool(tc.get("amp", True)) and (self.device.type != "cpu" or
-                                                  models.get_spec(meta["model_name"]).cpu_bf16_inference)
-        self.amp_dtype = amp_dtype(self.device, bool(amp))
+        self.amp_dtype = amp_dtype(self.device, serving_amp(meta, self.device) if amp is None else bool(amp))
         self.eval_batch_size = int(tc.get("eval_batch_size", 128) or 128)
         # multi-crop evaluation: crops of the training crop length (train_config.crop seconds)
         self.crop_frames = None

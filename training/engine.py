@@ -158,6 +158,16 @@ def amp_dtype(device, enabled: bool = True) -> torch.dtype | None:
     return None
 
 
+def serving_amp(meta: dict, device) -> bool:
+    """Whether a checkpoint is served (``inference.Predictor``, ensembles) with bf16 autocast: when its
+    run trained with it, except on a CPU for model families where bf16 measured slower than fp32 at
+    batch 1 (``models.ModelSpec.cpu_bf16_inference``)."""
+    import models
+
+    trained = bool((meta.get("train_config") or {}).get("amp", True))
+    return trained and (torch.device(device).type != "cpu" or models.get_spec(meta["model_name"]).cpu_bf16_inference)
+
+
 def autocast(device, dtype: torch.dtype | None):
     """``torch.autocast`` for ``device`` with ``dtype``, disabled when ``dtype`` is None."""
     device = torch.device(device)

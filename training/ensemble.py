@@ -16,11 +16,11 @@ def fold_probabilities(checkpoint: str | os.PathLike, data_root: str | os.PathLi
                        folds: Sequence[int] | None = None, batch_size: int = 32,
                        n_crops: int | None = None) -> tuple[np.ndarray, np.ndarray, dict]:
     """Class probabilities of a checkpoint on ESC-50 fold(s) (default: its test folds), evaluated as
-    its training run evaluated (the whole clip, or the mean of ``train_config.eval_crops`` crops of
+    its training run evaluated, in the precision inference serves it with (the whole clip, or the mean of ``train_config.eval_crops`` crops of
     ``train_config.crop`` seconds; ``n_crops`` overrides the number). Returns ``(probs, labels, meta)``."""
     import audio_utils as au
     from training.checkpoint import build_from_checkpoint
-    from training.engine import crop_frames_for, predict_proba
+    from training.engine import crop_frames_for, predict_proba, serving_amp
 
     model, meta = build_from_checkpoint(checkpoint)
     feat = au.FeatureConfig.from_dict(meta["feature_config"])
@@ -35,7 +35,7 @@ def fold_probabilities(checkpoint: str | os.PathLike, data_root: str | os.PathLi
     if n > 1 and not tc.get("crop"):
         raise ValueError(f"{checkpoint}: {n} evaluation crops need a training crop length (train_config.crop)")
     views = {"crop_frames": crop_frames_for(float(tc["crop"]), feat), "n_crops": n} if n > 1 else {}
-    probs, labels = predict_proba(model, ds, batch_size, "cpu", bool(tc.get("amp", True)), **views)
+    probs, labels = predict_proba(model, ds, batch_size, "cpu", serving_amp(meta, "cpu"), **views)
     return probs, labels, meta
 
 
