@@ -141,3 +141,19 @@ def test_bench_inference_output_parses():
     assert rows["mlp"]["weights"] == "default config, random weights"
     with pytest.raises(ValueError):
         parse_bench_inference("nothing here")
+
+
+def test_every_results_file_the_readme_and_attempts_cite_is_tracked():
+    """A figure's artefact must be in the repository, not in an ignored directory of one machine."""
+    import re
+    import subprocess
+
+    tracked = set(subprocess.run(["git", "ls-files"], cwd=REPO, capture_output=True, text=True,
+                                 check=True).stdout.split())
+    if not tracked:
+        pytest.skip("not a git checkout")
+    text = (REPO / "README.md").read_text() + (REPO / "results" / "attempts.csv").read_text()
+    cited = set(re.findall(r"results/(?:runs|fold5)/[\w./-]+\.(?:json|csv)", text))
+    assert cited, "the README cites no result files"
+    missing = sorted(p for p in cited if p not in tracked)
+    assert not missing, f"cited but not tracked: {missing}"
