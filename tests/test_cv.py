@@ -102,3 +102,26 @@ def test_cli_errors(esc50_flac, tmp_path, capsys):
     assert "no finished folds" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         cv.main(["--help"])
+
+
+def test_four_training_folds_without_validation(esc50_flac, tmp_path, capsys, monkeypatch):
+    assert cv.fold_split(2, val=False) == ((1, 3, 4, 5), (), (2,))
+    out = tmp_path / "cv4"
+    assert cv.main(_args(esc50_flac, out, "--no-val", "--folds", "2")) == 2      # select best: nothing to choose on
+    assert "select 'last'" in capsys.readouterr().err
+    assert cv.main(_args(esc50_flac, out, "--no-val", "--select", "last", "--folds", "2")) == 0
+    printed = capsys.readouterr().out
+    assert "val fold -" in printed
+    meta = read_meta(out / "fold2" / "best.safetensors")
+    assert meta["dataset"]["train_folds"] == [1, 3, 4, 5] and meta["dataset"]["val_folds"] == []
+    assert meta["cv"]["val_fold"] is None
+    m = json.loads((out / "fold2" / "metrics.json").read_text())
+    assert m["val_acc"] is None and m["n_test"] == 6
+    s = json.loads((out / "cv_results.json").read_text())
+    assert s["per_fold"][0]["val_fold"] is None and s["test_acc"]["n"] == 1
+    # the default output directory differs from the three-training-fold experiment's
+    monkeypatch.chdir(tmp_path)
+    base = [a for a in _args(esc50_flac, out, "--select", "last", "--folds", "2") if a not in ("--out", str(out))]
+    assert cv.main(base) == 0 and cv.main([*base, "--no-val"]) == 0
+    dirs = sorted(p.name for p in (tmp_path / "runs").iterdir())
+    assert len(dirs) == 2 and all(d.startswith("cv_mlp-") for d in dirs)

@@ -3,7 +3,8 @@
 
 For every requested fold ``k`` the runner trains with fold ``k`` as the test split, the next fold
 (``k % 5 + 1``) as the validation split (model selection / early stopping) and the other three
-folds as the training split, into ``<out>/fold<k>/`` (``best.safetensors``, ``last.pt``,
+folds as the training split; with ``--no-val`` (the published ESC-50 protocol) on the four other folds
+with no validation split, the last weights being the model (``--select last``), into ``<out>/fold<k>/`` (``best.safetensors``, ``last.pt``,
 ``history.*``, ``metrics.json``, ``curves.png``, exactly as ``train.py`` writes them). It then
 collects every finished fold into ``<out>/cv_results.json`` and ``<out>/cv_results.csv``
 (per-fold table plus mean and standard deviation of the test accuracy) and prints the table.
@@ -15,6 +16,7 @@ separate machines sharing the output directory, then be collected::
     python -m training.cv --model mlp --epochs 30 --out runs/cv_mlp            # all five folds
     python -m training.cv --model mlp --epochs 30 --out runs/cv_mlp --folds 3  # only fold 3
     python -m training.cv --out runs/cv_mlp --summarise                        # collect, no training
+    python -m training.cv --recipe recipes/liquid_s4_esc50.yaml --no-val       # four training folds each
     torchrun --nproc_per_node=4 -m training.distributed cv --model vjepa2 --preset gpu --device cuda ...
 
 Every model, data and training flag of ``train.py`` is accepted (same parser, ``--recipe``
@@ -41,13 +43,16 @@ TABLE_COLUMNS = ("fold", "val_fold", "test_acc", "test_macro_f1", "val_acc", "be
                  "n_test", "mean_epoch_time_s")
 
 
-def fold_split(test_fold: int, folds=ALL_FOLDS) -> tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...]]:
-    """(train, val, test) folds when ``test_fold`` is held out: validation is the next fold."""
+def fold_split(test_fold: int, folds=ALL_FOLDS, val: bool = True) -> tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...]]:
+    """(train, val, test) folds when ``test_fold`` is held out: validation is the next fold, or
+    none (``val=False``: every other fold trains)."""
     folds = tuple(folds)
     if test_fold not in folds:
         raise ValueError(f"fold {test_fold} is not one of {folds}")
-    val = folds[(folds.index(test_fold) + 1) % len(folds)]
-    return tuple(f for f in folds if f not in (test_fold, val)), (val,), (test_fold,)
+    if not val:
+        return tuple(f for f in folds if f != test_fold), (), (test_fold,)
+    val_fold = folds[(folds.index(test_fold) + 1) % len(folds)]
+    return tuple(f for f in folds if f not in (test_fold, val_fold)), (val_fold,), (test_fold,)
 
 
 def fold_dir(out: str | Path, fold: int) -> Path:
@@ -84,6 +89,9 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--folds", type=cli.int_list, default=ALL_FOLDS,
                    help="test folds to train (default: 1,2,3,4,5); run folds as separate processes with "
                         "--folds 1, --folds 2, ... and collect with --summarise")
+    c.add_argument("--no-val", action="store_true", default=False,
+                   help="train on the four other folds with no validation split (the published protocol; "
+                        "needs --select last: nothing is chosen on any fold) (default: off)")
     c.add_argument("--summarise", "--summarize", action="store_true", default=False,
                    help="only collect the finished folds of --out into cv_results.json/.csv; no training "
                         "(default: off)")
@@ -109,28 +117,30 @@ def _validate(args, parser: argparse.ArgumentParser) -> None:
 # --------------------------------------------------------------------------------------------
 # Training
 # --------------------------------------------------------------------------------------------
-def _fold_spec(base_spec, fold: int):
-    train_f, val_f, test_f = fold_split(fold)
+def _fold_spec(base_spec, fold: int, val: bool = True):
+    train_f, val_f, test_f = fold_split(fold, val=val)
     return replace(base_spec, train_folds=train_f, val_folds=val_f, test_folds=test_f)
 
 
-def cv_settings(model_name: str, base_spec, cfg, preset=None, model_config=None) -> dict:
+def cv_settings(model_name: str, base_spec, cfg, preset=None, model_config=None, val: bool = True) -> dict:
     """The settings of a whole CV experiment (fold 1's run settings without the fold split):
     its default output directory is named after their hash."""
     from training import run_dir
     from training.runner import checked_model_config
 
-    spec = _fold_spec(base_spec, ALL_FOLDS[0])
+    spec = _fold_spec(base_spec, ALL_FOLDS[0], val)
     _, resolved = checked_model_config(model_name, preset, model_config, spec)
     settings = run_dir.run_settings(model_name, resolved, cfg, spec)
     for k in FOLD_FLAGS:
         settings["data"].pop(k, None)
+    if not val:
+        settings["cv_validation"] = False      # four training folds: another experiment, another directory
     return settings
 
 
 def run_folds(model_name: str, base_spec, cfg, out: str | Path, folds=ALL_FOLDS, preset: str | None = None,
               model_config: dict | None = None, resume: bool = True, extra_meta: dict | None = None,
-              log=print) -> dict[int, dict]:
+              log=print, val: bool = True) -> dict[int, dict]:
     """Train the requested folds (skipping finished ones when ``resume``); return ``{fold: metrics}``.
 
     ``base_spec`` is a :class:`training.data.DataSpec`; its fold fields are replaced per fold.
@@ -144,9 +154,9 @@ def run_folds(model_name: str, base_spec, cfg, out: str | Path, folds=ALL_FOLDS,
     out = Path(out)
     results: dict[int, dict] = {}
     for fold in folds:
-        train_f, val_f, test_f = fold_split(fold)
+        train_f, val_f, test_f = fold_split(fold, val=val)
         d = fold_dir(out, fold)
-        spec = _fold_spec(base_spec, fold)
+        spec = _fold_spec(base_spec, fold, val)
         if resume and is_finished(out, fold):
             from training import run_dir
             from training.runner import checked_model_config
@@ -160,9 +170,11 @@ def run_folds(model_name: str, base_spec, cfg, out: str | Path, folds=ALL_FOLDS,
             continue
         if dist.main:
             state = "resuming" if resume and (d / "last.pt").exists() else "training"
-            log(f"fold {fold}: {state}, train folds {list(train_f)}, val fold {val_f[0]}, test fold {fold} -> {d}")
+            log(f"fold {fold}: {state}, train folds {list(train_f)}, val fold {val_f[0] if val_f else '-'}, "
+                f"test fold {fold} -> {d}")
         meta = dict(extra_meta or {})
-        meta["cv"] = {"fold": fold, "folds": list(ALL_FOLDS), "train_folds": list(train_f), "val_fold": val_f[0]}
+        meta["cv"] = {"fold": fold, "folds": list(ALL_FOLDS), "train_folds": list(train_f),
+                      "val_fold": val_f[0] if val_f else None}
         results[fold] = train_model(model_name, spec, d, cfg, preset=preset, model_config=model_config,
                                     resume=resume, extra_meta=meta)
         if dist.world > 1:
@@ -175,7 +187,7 @@ def run_folds(model_name: str, base_spec, cfg, out: str | Path, folds=ALL_FOLDS,
 # Summary
 # --------------------------------------------------------------------------------------------
 def _row(fold: int, m: dict) -> dict:
-    return {"fold": fold, "val_fold": fold_split(fold)[1][0], "test_acc": m.get("test_acc"),
+    return {"fold": fold, "val_fold": fold_split(fold)[1][0] if m.get("n_val") else None, "test_acc": m.get("test_acc"),
             "test_macro_f1": m.get("test_macro_f1"), "val_acc": m.get("val_acc"),
             "best_epoch": m.get("best_epoch"), "epochs_run": m.get("epochs_run"), "n_test": m.get("n_test"),
             "mean_epoch_time_s": m.get("mean_epoch_time_s")}
@@ -263,14 +275,16 @@ def main(argv=None) -> int:
         _validate(args, parser)
         out = Path(args.out) if args.out else None
         if not args.summarise:
-            args.train_folds, args.val_folds, args.test_folds = fold_split(args.folds[0])  # replaced per fold
+            val = not args.no_val
+            args.train_folds, args.val_folds, args.test_folds = fold_split(args.folds[0], val=val)  # replaced per fold
             cfg = cli.train_config_from_args(args)
             spec = cli.data_spec_from_args(args)
             model_config = cli.model_config_from_args(args)
             if out is None:
-                out = cli.default_out("cv_", args.model, cv_settings(args.model, spec, cfg, args.preset, model_config))
+                out = cli.default_out("cv_", args.model,
+                                      cv_settings(args.model, spec, cfg, args.preset, model_config, val))
             run_folds(args.model, spec, cfg, out, args.folds, preset=args.preset, model_config=model_config,
-                      resume=not (args.restart or args.no_resume), extra_meta={"cli": argv})
+                      resume=not (args.restart or args.no_resume), extra_meta={"cli": argv}, val=val)
         elif out is None:
             raise cli.OptionError("--summarise needs --out (the CV directory, runs/cv_<model>-<hash>)")
         if not DistInfo.current().main:
