@@ -161,6 +161,9 @@ def results_table(found: dict, recipes: pd.DataFrame, latency: dict[str, float],
     return pd.DataFrame(rows)
 
 
+ATTEMPT_COLUMNS = {"liquid_s4": "Liquid-S4 (PolyB)", "mamba": "Mamba", "vjepa2": "V-JEPA2 ViT (`mini`)", "cnn": "CNN"}
+
+
 def attempts_table(path: Path) -> pd.DataFrame | None:
     if not path.exists():
         return None
@@ -171,7 +174,8 @@ def attempts_table(path: Path) -> pd.DataFrame | None:
     df["cell"] = [f"{acc(v)} / {acc(t)}" + (f" ({b})" if b else "") for v, t, b in zip(df.val_acc, df.test_acc, df.budget)]
     table = df.pivot(index="attempt", columns="model", values="cell").reindex(list(dict.fromkeys(df.attempt)))
     table = table.fillna("")
-    return table.rename(columns={"liquid_s4": "Liquid-S4 (PolyB)", "mamba": "Mamba", "vjepa2": "V-JEPA2 ViT (`mini`)"})
+    order = [m for m in ATTEMPT_COLUMNS if m in table.columns] + [m for m in table.columns if m not in ATTEMPT_COLUMNS]
+    return table[order].rename(columns=ATTEMPT_COLUMNS)
 
 
 def latency_table(info: dict) -> pd.DataFrame | None:
@@ -189,7 +193,7 @@ def markdown(df: pd.DataFrame, index: bool = False) -> str:
     right = {"params", "fold-4 val", "fold-5 test (95 % CI)", "test macro-F1", "epochs (views/epoch)",
              "CPU latency, batch 1", "batch-1 p50", "batch 32 throughput"}
     cols = ([df.index.name or ""] if index else []) + list(df.columns)
-    align = tuple("right" if (c in right or c.startswith("/") or c in ("Liquid-S4 (PolyB)", "Mamba", "V-JEPA2 ViT (`mini`)"))
+    align = tuple("right" if (c in right or c.startswith("/") or c in ATTEMPT_COLUMNS.values())
                   else "left" for c in cols)
     text = df.to_markdown(index=index, colalign=align, disable_numparse=True)
     # unpadded cells: a changed number changes one line of the README, not the whole table
