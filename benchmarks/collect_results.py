@@ -43,6 +43,7 @@ from training.latency import parse_bench_inference, read_latency  # noqa: E402
 from training.plots import binomial_ci  # noqa: E402
 
 DEFAULT_ENSEMBLES = ("liquid_s4,mamba,vjepa2", "liquid_s4,mamba,vjepa2,cnn")
+SEEDS = "+seeds"     # a member "NAME+seeds": the shipped checkpoint and checkpoints/seeds/NAME_esc50_seed*, averaged
 MARKERS = ("results", "attempts", "latency")
 
 
@@ -102,18 +103,27 @@ def measure_ensembles(found: dict, data_dir: str, sets: list[list[str]], dest: P
 
     out = []
     for members in sets:
-        missing = [m for m in members if m not in found or found[m].checkpoint is None]
+        missing = [m for m in members if m.removesuffix(SEEDS) not in found or found[m.removesuffix(SEEDS)].checkpoint is None]
         if missing:
             raise UsageError(f"ensemble {'+'.join(members)}: no shipped checkpoint for {', '.join(missing)}")
-        cks = {m: found[m].checkpoint for m in members}
+        cks = {m: member_checkpoints(found, m) for m in members}
         val, test = ensemble_accuracy(cks, data_dir, folds=[4]), ensemble_accuracy(cks, data_dir, folds=[5])
         out.append({"members": members, "val_acc": val["acc"], "test_acc": test["acc"], "n_val": val["n"],
                     "n_test": test["n"], "test_macro_f1": test["macro_f1"],
                     "member_val_acc": val["member_acc"], "member_test_acc": test["member_acc"],
-                    "checkpoints": {m: display(c) for m, c in cks.items()}})
+                    "checkpoints": {m: [display(c) for c in cs] for m, cs in cks.items()}})
         print(f"ensemble {'+'.join(members)}: fold-4 {val['acc']:.4f}, fold-5 {test['acc']:.4f}")
     results.write_json(dest, {"command": "benchmarks/collect_results.py --measure-ensembles", "ensembles": out})
     return dest
+
+
+def member_checkpoints(found: dict, member: str) -> list[Path]:
+    """The checkpoints of an ensemble member: the shipped one, plus its seed runs for ``NAME+seeds``."""
+    name = member.removesuffix(SEEDS)
+    shipped = found[name].checkpoint
+    if member == name:
+        return [shipped]
+    return [shipped, *sorted(shipped.parent.glob(f"seeds/{name}_esc50_seed*.safetensors"))]
 
 
 def write_text(path: Path, text: str) -> Path:
@@ -152,7 +162,9 @@ def results_table(found: dict, recipes: pd.DataFrame, latency: dict[str, float],
             "command": rec.get("command", "")})
     for e in ensembles:
         ci = binomial_ci(e.get("test_acc"), e.get("n_test"))
-        rows.append({"model": "ensemble: " + " + ".join(e["members"]) + " (mean probability)", "shipped checkpoint": "",
+        label = " + ".join(f"{m.removesuffix(SEEDS)} ({len(e['checkpoints'][m])} seeds)" if m.endswith(SEEDS) else m
+                           for m in e["members"])
+        rows.append({"model": f"ensemble: {label} (mean probability)", "shipped checkpoint": "",
                      "params": "", "fold-4 val": _acc(e.get("val_acc")),
                      "fold-5 test (95 % CI)": f"**{_acc(e.get('test_acc'))}** ± {ci:.3f}",
                      "test macro-F1": f"{e['test_macro_f1']:.3f}" if e.get("test_macro_f1") is not None else "",

@@ -157,3 +157,41 @@ def test_every_results_file_the_readme_and_attempts_cite_is_tracked():
     assert cited, "the README cites no result files"
     missing = sorted(p for p in cited if p not in tracked)
     assert not missing, f"cited but not tracked: {missing}"
+
+
+def test_a_seed_member_is_the_mean_of_its_runs_and_weighs_like_one_member(esc50_flac, tmp_path):
+    import numpy as np
+
+    from training import cli
+    from training.ensemble import ensemble_accuracy, fold_probabilities
+    from training.metrics import multiclass_metrics
+
+    cks = []
+    for seed in (0, 1):
+        out = tmp_path / f"s{seed}"
+        assert cli.main(["--model", "mlp", "--preset", "tiny", "--data-dir", str(esc50_flac), "--epochs", "1",
+                         "--batch-size", "6", "--no-progress", "--threads", "1", "--no-augment", "--seed", str(seed),
+                         "--test-folds", "", "--out", str(out)]) == 0
+        cks.append(out / "best.safetensors")
+    p0, y, meta = fold_probabilities(cks[0], esc50_flac, [5])
+    p1, _, _ = fold_probabilities(cks[1], esc50_flac, [5])
+    assert not np.allclose(p0, p1)
+    res = ensemble_accuracy({"seeds": cks, "one": cks[0]}, esc50_flac, folds=[5])
+    expected = multiclass_metrics(((p0 + p1) / 2 + p0) / 2, y, meta["class_names"])
+    assert res["acc"] == expected["accuracy"]
+    assert res["member_acc"]["seeds"] == float((((p0 + p1) / 2).argmax(1) == y).mean())
+
+    # NAME+seeds: the shipped checkpoint and checkpoints/seeds/NAME_esc50_seed*
+    import importlib.util
+    spec = importlib.util.spec_from_file_location("collect_results", REPO / "benchmarks" / "collect_results.py")
+    cr = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(cr)
+    from training.results import ModelResult
+    (tmp_path / "ck" / "seeds").mkdir(parents=True)
+    for f in ("cnn_esc50.safetensors", "seeds/cnn_esc50_seed2.safetensors", "seeds/cnn_esc50_seed1.safetensors",
+              "seeds/mamba_esc50_seed1.safetensors"):
+        (tmp_path / "ck" / f).write_bytes(b"")
+    found = {"cnn": ModelResult("cnn", "checkpoint", tmp_path / "ck" / "cnn_esc50.safetensors")}
+    assert [p.name for p in cr.member_checkpoints(found, "cnn+seeds")] == [
+        "cnn_esc50.safetensors", "cnn_esc50_seed1.safetensors", "cnn_esc50_seed2.safetensors"]
+    assert [p.name for p in cr.member_checkpoints(found, "cnn")] == ["cnn_esc50.safetensors"]

@@ -39,23 +39,31 @@ def fold_probabilities(checkpoint: str | os.PathLike, data_root: str | os.PathLi
     return probs, labels, meta
 
 
-def ensemble_accuracy(checkpoints: dict[str, str | os.PathLike], data_root: str | os.PathLike,
-                      folds: Sequence[int] | None = None) -> dict:
+def ensemble_accuracy(checkpoints: dict[str, str | os.PathLike | Sequence[str | os.PathLike]],
+                      data_root: str | os.PathLike, folds: Sequence[int] | None = None) -> dict:
     """Accuracy of the mean of the members' probabilities on ``folds`` (and of each member alone).
 
-    ``checkpoints``: ``{member name: checkpoint path}``. Returns ``{"members", "folds", "n",
-    "member_acc", "acc", "macro_f1", "per_class_accuracy"}``.
+    ``checkpoints``: ``{member name: checkpoint path}``, or ``{member name: [paths]}`` for a member
+    that is itself the mean of several runs (seeds of one recipe): each member weighs the same, however
+    many runs it averages. Returns ``{"members", "folds", "n", "member_acc", "acc", "macro_f1",
+    "per_class_accuracy"}``.
     """
     from training.metrics import multiclass_metrics
 
     if not checkpoints:
         raise ValueError("an ensemble needs at least one member")
     probs, labels, class_names = {}, None, None
-    for m, ck in checkpoints.items():
-        p, y, meta = fold_probabilities(ck, data_root, folds)
-        if labels is not None and not np.array_equal(labels, y):
-            raise ValueError(f"{m}: labels differ from the other members'")
-        probs[m], labels, class_names = p, y, meta["class_names"]
+    for m, cks in checkpoints.items():
+        runs = []
+        for ck in ([cks] if isinstance(cks, (str, os.PathLike)) else list(cks)):
+            p, y, meta = fold_probabilities(ck, data_root, folds)
+            if labels is not None and not np.array_equal(labels, y):
+                raise ValueError(f"{m}: labels differ from the other members'")
+            runs.append(p)
+            labels, class_names = y, meta["class_names"]
+        if not runs:
+            raise ValueError(f"{m}: no checkpoints")
+        probs[m] = np.mean(runs, axis=0)
     ens = multiclass_metrics(np.mean(list(probs.values()), axis=0), labels, class_names)
     return {"members": list(checkpoints), "folds": list(folds) if folds else None, "n": int(len(labels)),
             "member_acc": {m: float((p.argmax(1) == labels).mean()) for m, p in probs.items()},
