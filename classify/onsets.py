@@ -74,6 +74,9 @@ class OnsetParams:
     peak_search_ms: float = 20.0  # the hit's peak is looked for up to this long after its frame
     rise: float = 0.1             # onset = first sample at this fraction from the level before to the peak
     env_ms: float = 10.0          # trailing-maximum window of the amplitude envelope used for that level
+    backtrack_ms: float = 20.0    # the reported time goes back at most this far, to where the hit's sound starts:
+    start_rise: float = 0.03      # the start of the run of audio, ending at the onset, above this fraction of the rise
+    start_gap_ms: float = 2.5     # ... where gaps (zero crossings) shorter than this do not end the run (0: no back-track)
 
     def __post_init__(self):
         for name in ("frame_ms", "hop_ms", "min_gap_ms", "mean_ms", "peak_ms", "lookahead_ms"):
@@ -84,16 +87,26 @@ class OnsetParams:
             raise ValueError("onset detector: hop_ms must not exceed frame_ms")
         if not 0 < self.rise < 1:
             raise ValueError(f"onset detector: rise must be in (0, 1), got {self.rise}")
+        if not 0 < self.start_rise <= self.rise:
+            raise ValueError(f"onset detector: start_rise must be in (0, rise], got {self.start_rise}")
+        if not (self.backtrack_ms >= 0 and self.start_gap_ms >= 0):
+            raise ValueError("onset detector: backtrack_ms and start_gap_ms must be >= 0")
 
 
 @dataclass
 class Segment:
-    """One detected hit: its onset sample and the audio ``[start, end)`` to classify it from."""
-    onset: int
+    """One detected hit: its onset sample, the audio ``[start, end)`` to classify it from, and the
+    sample where its sound starts (``time``, the reported time; at most ``backtrack_ms`` before ``onset``)."""
+    onset: int                    # the 10 %-rise sample the crop is anchored to (as training's find_onset)
     start: int
     end: int
     audio: np.ndarray             # float32, ``end - start`` samples
     ready_at: int                 # stream position (samples received) when the segment was complete
+    time: int = -1                # where the hit's sound starts (the reported time); -1: ``onset``
+
+    def __post_init__(self):
+        if self.time < 0:
+            self.time = self.onset
 
 
 @dataclass
@@ -144,7 +157,9 @@ class OnsetDetector:
         self.min_gap = ms(p.min_gap_ms)
         self.peak_search = ms(p.peak_search_ms)
         self.env_len = ms(p.env_ms)
-        self.lookback = self.win + self.hop + self.env_len          # samples a decision looks back
+        self.backtrack = int(round(p.backtrack_ms * 1e-3 * sr))
+        self.start_gap = max(1, int(round(p.start_gap_ms * 1e-3 * sr)))
+        self.lookback = self.win + self.hop + self.env_len + self.backtrack   # samples a decision looks back
         self.window = np.hanning(self.win + 2)[1:-1]                                        # no zero ends
         self.fb = _mel_bank(sr, self.win, p.n_bands, p.f_min, p.f_max)
         self.scale = 1.0 / np.square(self.window.sum() / 2)                # a full-scale sine -> about 0 dB
@@ -163,6 +178,7 @@ class OnsetDetector:
         self.decided = 0                                         # frames whose hit/no-hit decision is made
         self.last_onset = -10 ** 9
         self.pending: list[int] = []                             # onsets whose segment is not complete yet
+        self.times: dict[int, int] = {}                          # onset -> where its sound starts
         self.done = False
 
     # ---------------------------------------------------------------- public
@@ -241,9 +257,11 @@ class OnsetDetector:
         level = float(np.median(hist)) if hist else 0.0
         if f < level + self.params.threshold or max(energy[i:i + 1 + self.n_after]) < self.params.floor_db:
             return
-        onset = self._refine(k)
-        if onset is None or onset - self.last_onset < self.min_gap:
+        refined = self._refine(k)
+        if refined is None or refined[0] - self.last_onset < self.min_gap:
             return
+        onset, base, peak = refined
+        self.times[onset] = self._sound_start(onset, base, peak)
         self.last_onset = onset
         self.pending.append(onset)
 
@@ -251,10 +269,10 @@ class OnsetDetector:
         """Absolute samples ``[lo, hi)`` (zeros before 0)."""
         return self.buf[lo - self.buf_start:hi - self.buf_start]
 
-    def _refine(self, k: int) -> int | None:
-        """The hit's first sample: where the amplitude first climbs ``rise`` of the way from the quietest
+    def _refine(self, k: int) -> tuple[int, float, float] | None:
+        """The hit's onset: the first sample where the amplitude climbs ``rise`` of the way from the quietest
         level in the frame that fired (a trailing ``env_ms`` maximum, so that the tail of an earlier hit
-        counts as the level before) to the hit's peak."""
+        counts as the level before) to the hit's peak; with that level and the peak."""
         end = self._frame_end(k)
         lo = max(end - self.win - self.hop, self.last_onset + 1)
         hi = min(end + self.peak_search, self.total)
@@ -269,7 +287,22 @@ class OnsetDetector:
         if peak <= base:
             return None
         thr = base + self.params.rise * (peak - base)
-        return lo + n_min + int(np.flatnonzero(x[n_min:] >= thr)[0])
+        return lo + n_min + int(np.flatnonzero(x[n_min:] >= thr)[0]), base, peak
+
+    def _sound_start(self, onset: int, base: float, peak: float) -> int:
+        """Where the hit's sound starts (its reported time): the first sample of the run of audio that ends
+        at ``onset`` and stays above ``start_rise`` of the way from ``base`` to ``peak`` (gaps shorter than
+        ``start_gap_ms`` bridged), at most ``backtrack_ms`` back and after the previous onset. A hit whose
+        attack is sharp starts at its onset; a soft lead-in (a pedal hi-hat's closing cymbals) is included;
+        silence before the attack never is."""
+        lo = max(onset - self.backtrack, self.last_onset + 1, self.buf_start)
+        if self.backtrack <= 0 or lo >= onset:
+            return onset
+        thr = base + self.params.start_rise * (peak - base)
+        # samples above thr, then the onset itself; walk back from the onset across gaps up to start_gap
+        run = np.concatenate([np.flatnonzero(np.abs(self._sample(lo, onset)) >= thr), [onset - lo]])
+        gaps = np.flatnonzero(np.diff(run) > self.start_gap)
+        return lo + int(run[gaps[-1] + 1] if gaps.size else run[0])
 
     # ---------------------------------------------------------------- segments
     def _crop_end(self, onset: int) -> int:
@@ -299,7 +332,7 @@ class OnsetDetector:
                 break
             end = min(end, self.total)
             audio = self._sample(start, end).astype(np.float32)
-            out.append(Segment(onset, start, end, audio, ready_at=self.total))
+            out.append(Segment(onset, start, end, audio, ready_at=self.total, time=self.times.pop(onset, onset)))
             self.pending.pop(0)
         self._trim()
         return out
@@ -346,7 +379,7 @@ def segments(wave, sample_rate: int, crop_seconds: float, pre_ms: float = 5.0, m
 
 def detect_onsets(wave, sample_rate: int, params: OnsetParams | None = None) -> np.ndarray:
     """Onset sample indices of every hit in a mono ``wave`` (divide by ``sample_rate`` for seconds)."""
-    return np.asarray([s.onset for s in segments(wave, sample_rate, 0.1, 0.0, 0.0, params)], dtype=np.int64)
+    return np.asarray([s.time for s in segments(wave, sample_rate, 0.1, 0.0, 0.0, params)], dtype=np.int64)
 
 
 def _predict(seg: Segment, sample_rate: int, model_rate: int | None, predict_segment: PredictSegment,
@@ -361,7 +394,7 @@ def _predict(seg: Segment, sample_rate: int, model_rate: int | None, predict_seg
         raise ValueError(f"predict_segment returned {probs.shape[0]} probabilities for {len(class_names)} classes")
     j = int(np.argmax(probs))
     sr = float(sample_rate)
-    return Hit(time_s=seg.onset / sr, label=str(class_names[j]), prob=float(probs[j]), probs=probs,
+    return Hit(time_s=seg.time / sr, label=str(class_names[j]), prob=float(probs[j]), probs=probs,
                start_s=seg.start / sr, end_s=seg.end / sr, ready_s=seg.ready_at / sr, compute_s=compute)
 
 
