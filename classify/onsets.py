@@ -74,9 +74,9 @@ class OnsetParams:
     peak_search_ms: float = 20.0  # the hit's peak is looked for up to this long after its frame
     rise: float = 0.1             # onset = first sample at this fraction from the level before to the peak
     env_ms: float = 10.0          # trailing-maximum window of the amplitude envelope used for that level
-    backtrack_ms: float = 20.0    # the reported time goes back at most this far, to where the hit's sound starts:
-    start_rise: float = 0.03      # the start of the run of audio, ending at the onset, above this fraction of the rise
-    start_gap_ms: float = 2.5     # ... where gaps (zero crossings) shorter than this do not end the run (0: no back-track)
+    backtrack_ms: float = 0.0     # > 0: the reported time goes back up to this far, to where the sound starts:
+    start_rise: float = 0.03      # the first sample of the run up to the onset above this fraction of the rise ...
+    start_gap_ms: float = 2.5     # ... from the quietest point before it (zero crossings shorter than this bridged)
 
     def __post_init__(self):
         for name in ("frame_ms", "hop_ms", "min_gap_ms", "mean_ms", "peak_ms", "lookahead_ms"):
@@ -159,7 +159,7 @@ class OnsetDetector:
         self.env_len = ms(p.env_ms)
         self.backtrack = int(round(p.backtrack_ms * 1e-3 * sr))
         self.start_gap = max(1, int(round(p.start_gap_ms * 1e-3 * sr)))
-        self.lookback = self.win + self.hop + self.env_len + self.backtrack   # samples a decision looks back
+        self.lookback = self.win + self.hop + self.env_len + self.backtrack + self.start_gap  # a decision looks back
         self.window = np.hanning(self.win + 2)[1:-1]                                        # no zero ends
         self.fb = _mel_bank(sr, self.win, p.n_bands, p.f_min, p.f_max)
         self.scale = 1.0 / np.square(self.window.sum() / 2)                # a full-scale sine -> about 0 dB
@@ -260,8 +260,8 @@ class OnsetDetector:
         refined = self._refine(k)
         if refined is None or refined[0] - self.last_onset < self.min_gap:
             return
-        onset, base, peak = refined
-        self.times[onset] = self._sound_start(onset, base, peak)
+        onset, peak = refined
+        self.times[onset] = self._sound_start(onset, peak)
         self.last_onset = onset
         self.pending.append(onset)
 
@@ -269,10 +269,10 @@ class OnsetDetector:
         """Absolute samples ``[lo, hi)`` (zeros before 0)."""
         return self.buf[lo - self.buf_start:hi - self.buf_start]
 
-    def _refine(self, k: int) -> tuple[int, float, float] | None:
+    def _refine(self, k: int) -> tuple[int, float] | None:
         """The hit's onset: the first sample where the amplitude climbs ``rise`` of the way from the quietest
         level in the frame that fired (a trailing ``env_ms`` maximum, so that the tail of an earlier hit
-        counts as the level before) to the hit's peak; with that level and the peak."""
+        counts as the level before) to the hit's peak; with the peak."""
         end = self._frame_end(k)
         lo = max(end - self.win - self.hop, self.last_onset + 1)
         hi = min(end + self.peak_search, self.total)
@@ -287,22 +287,29 @@ class OnsetDetector:
         if peak <= base:
             return None
         thr = base + self.params.rise * (peak - base)
-        return lo + n_min + int(np.flatnonzero(x[n_min:] >= thr)[0]), base, peak
+        return lo + n_min + int(np.flatnonzero(x[n_min:] >= thr)[0]), peak
 
-    def _sound_start(self, onset: int, base: float, peak: float) -> int:
-        """Where the hit's sound starts (its reported time): the first sample of the run of audio that ends
-        at ``onset`` and stays above ``start_rise`` of the way from ``base`` to ``peak`` (gaps shorter than
-        ``start_gap_ms`` bridged), at most ``backtrack_ms`` back and after the previous onset. A hit whose
-        attack is sharp starts at its onset; a soft lead-in (a pedal hi-hat's closing cymbals) is included;
-        silence before the attack never is."""
+    def _sound_start(self, onset: int, peak: float) -> int:
+        """Where the hit's sound starts (its reported time), at most ``backtrack_ms`` before ``onset`` and
+        after the previous onset: from the quietest point before the onset (the last minimum of a short
+        envelope, the ``start_gap_ms`` leading maximum of the amplitude, so zero crossings do not count as
+        quiet), the first sample of the run up to the onset that stays above ``start_rise`` of the way from
+        the silence to the peak, ``start_rise`` x peak; when even the quietest point is louder than that (an
+        earlier hit rings on), the onset. A sharp attack starts at its onset; a soft lead-in after silence
+        (a pedal hi-hat's closing cymbals) counts as the start; silence and earlier hits' tails never do."""
         lo = max(onset - self.backtrack, self.last_onset + 1, self.buf_start)
         if self.backtrack <= 0 or lo >= onset:
             return onset
-        thr = base + self.params.start_rise * (peak - base)
-        # samples above thr, then the onset itself; walk back from the onset across gaps up to start_gap
-        run = np.concatenate([np.flatnonzero(np.abs(self._sample(lo, onset)) >= thr), [onset - lo]])
-        gaps = np.flatnonzero(np.diff(run) > self.start_gap)
-        return lo + int(run[gaps[-1] + 1] if gaps.size else run[0])
+        x = np.abs(self._sample(lo, onset + self.start_gap))
+        env = torch.nn.functional.max_pool1d(torch.from_numpy(x)[None, None], self.start_gap + 1,
+                                             stride=1)[0, 0].numpy()[:onset - lo]    # env[i]: max x[i : i+gap]
+        quiet = len(env) - 1 - int(np.argmin(env[::-1]))                            # the last minimum
+        thr = self.params.start_rise * peak
+        if env[quiet] >= thr:            # no near-silence before the hit (e.g. an earlier hit rings on): its onset
+            return onset
+        below = np.flatnonzero(env[quiet:] < thr)
+        i = quiet + (int(below[-1]) + 1 if below.size else 0)
+        return lo + i + int(np.argmax(x[i:] >= thr))
 
     # ---------------------------------------------------------------- segments
     def _crop_end(self, onset: int) -> int:

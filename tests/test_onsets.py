@@ -355,3 +355,58 @@ def test_onset_strength_and_onsets_agree_with_librosa():
     assert len(lib) >= 4
     for t in lib:                                  # every hit librosa's offline peak picking finds, we find too
         assert np.abs(np.asarray(mine) / SR - t).min() <= 0.02, (t, np.asarray(mine) / SR)
+
+
+# ------------------------------------------------------------------ reported time: where the sound starts
+def _lead_in_hit(lead_ms: float, lead_level: float, silence_ms: float = 0.0) -> np.ndarray:
+    """``silence_ms`` of silence, then a soft noise lead-in of ``lead_ms`` at ``lead_level`` (of the peak), then a
+    sharp noise attack (peak 0.8) decaying over 40 ms: a pedal hi-hat's closing cymbals before the chick."""
+    rng = np.random.default_rng(3)
+    lead = lead_level * 0.8 * np.clip(rng.standard_normal(int(lead_ms * 1e-3 * SR)), -1, 1)
+    t = np.arange(int(0.2 * SR)) / SR
+    body = 0.8 * np.clip(rng.standard_normal(len(t)), -1, 1) * np.exp(-t / 0.04)
+    return np.concatenate([np.zeros(int(silence_ms * 1e-3 * SR)), lead, body]).astype(np.float32)
+
+
+def test_backtrack_reports_where_a_soft_lead_in_starts_and_keeps_the_crop_anchor():
+    n0 = int(0.3 * SR)
+    wave = np.zeros(int(1.0 * SR), np.float32)
+    hit = _lead_in_hit(lead_ms=15.0, lead_level=0.05)
+    wave[n0:n0 + len(hit)] += hit
+    attack = n0 + int(0.015 * SR)
+    plain = segments(wave, SR, 0.1, 5.0)
+    back = segments(wave, SR, 0.1, 5.0, params=OnsetParams(backtrack_ms=20.0))
+    assert len(plain) == len(back) == 1
+    assert abs(plain[0].onset - attack) <= 0.002 * SR and plain[0].time == plain[0].onset      # default: the attack
+    assert back[0].onset == plain[0].onset and back[0].start == plain[0].start                 # same crop
+    assert abs(back[0].time - n0) <= 0.002 * SR                                                # the lead-in's start
+    assert detect_onsets(wave, SR, OnsetParams(backtrack_ms=20.0))[0] == back[0].time
+    # the stream reports the same times
+    det = OnsetDetector(SR, 0.1, 5.0, params=OnsetParams(backtrack_ms=20.0))
+    streamed = [s for i in range(0, len(wave), 37) for s in det.feed(wave[i:i + 37])] + det.flush()
+    assert [(s.onset, s.time) for s in streamed] == [(s.onset, s.time) for s in back]
+
+
+def test_backtrack_never_includes_silence_or_an_earlier_hits_tail():
+    p = OnsetParams(backtrack_ms=20.0)
+    n0 = int(0.3 * SR)
+    wave = np.zeros(int(1.0 * SR), np.float32)
+    hit = _lead_in_hit(lead_ms=0.0, lead_level=0.0, silence_ms=12.0)       # 12 ms of silence, then the attack
+    wave[n0:n0 + len(hit)] += hit
+    seg = segments(wave, SR, 0.1, 5.0, params=p)
+    assert len(seg) == 1 and seg[0].time == seg[0].onset and abs(seg[0].onset - (n0 + int(0.012 * SR))) <= 0.002 * SR
+    # a soft hit while a loud earlier one rings on: no near-silence before it, so its time is its onset
+    rng = np.random.default_rng(0)
+    loud = synth_hit("noise", 0.9, rng, seconds=0.6)
+    wave = np.zeros(int(1.2 * SR), np.float32)
+    wave[n0:n0 + len(loud)] += loud
+    wave[n0 + int(0.25 * SR):][:int(0.2 * SR)] += _lead_in_hit(lead_ms=0.0, lead_level=0.0)[:int(0.2 * SR)]
+    segs = segments(wave, SR, 0.1, 5.0, params=p)
+    assert len(segs) == 2 and all(s.time == s.onset for s in segs)
+
+
+def test_backtrack_settings_are_checked():
+    with pytest.raises(ValueError, match="start_rise"):
+        OnsetParams(start_rise=0.5)
+    with pytest.raises(ValueError, match="backtrack_ms"):
+        OnsetParams(backtrack_ms=-1.0)
