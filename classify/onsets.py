@@ -14,7 +14,9 @@ Detection (:class:`OnsetDetector`)
     ``floor_db`` dBFS. The hit's time is then refined to the sample: the first sample, in the frame
     that fired, whose amplitude reaches 10 % of the way from the level before the hit to the hit's
     peak (``audio_utils.find_onset``'s rule, made robust to the tail of an earlier hit). A hit less
-    than ``min_gap_ms`` after the previous one is dropped (a hand clap's bursts are one hit). The
+    than ``min_gap_ms`` after the previous one is dropped (a hand clap's bursts are one hit), and so is one
+    less than ``mask_ms`` after it whose rise (peak - level before) is more than ``mask_db`` below the
+    previous hit's peak (the pulses in an electronic kick's decay). The
     detector is fed chunks of any size; the offline
     :func:`detect_onsets` is the same detector fed the whole wave, so both give identical hits.
 
@@ -69,11 +71,15 @@ class OnsetParams:
     peak_ms: float = 15.0         # a hit's flux must be the maximum within this many ms before it ...
     lookahead_ms: float = 10.0    # ... and after it (the detector's look-ahead)
     min_gap_ms: float = 40.0      # minimum time between two hits (a hand clap's bursts are one hit)
+    mask_ms: float = 100.0        # a hit less than this after the previous one, whose rise (peak - level before)
+    mask_db: float = 12.0         # is more than this below the previous peak, is part of it (0: off)
     floor_db: float = -50.0       # a hit's frame must be louder than this (dBFS, RMS)
     band_floor_db: float = -100.0 # band powers below this count as this (silence)
     peak_search_ms: float = 20.0  # the hit's peak is looked for up to this long after its frame
     rise: float = 0.1             # onset = first sample at this fraction from the level before to the peak
     env_ms: float = 10.0          # trailing-maximum window of the amplitude envelope used for that level
+    attack_ms: float = 10.0       # ... counting only a crossing followed within this time (0: any crossing)
+    attack_rise: float = 0.3      # ... by this fraction of the rise (skips fluctuations of an earlier hit's tail)
     backtrack_ms: float = 0.0     # > 0: the reported time goes back up to this far, to where the sound starts:
     start_rise: float = 0.03      # the first sample of the run up to the onset above this fraction of the rise ...
     start_gap_ms: float = 2.5     # ... from the quietest point before it (zero crossings shorter than this bridged)
@@ -87,10 +93,12 @@ class OnsetParams:
             raise ValueError("onset detector: hop_ms must not exceed frame_ms")
         if not 0 < self.rise < 1:
             raise ValueError(f"onset detector: rise must be in (0, 1), got {self.rise}")
+        if not self.rise <= self.attack_rise <= 1 or self.attack_ms < 0:
+            raise ValueError(f"onset detector: attack_rise must be in [rise, 1] and attack_ms >= 0")
         if not 0 < self.start_rise <= self.rise:
             raise ValueError(f"onset detector: start_rise must be in (0, rise], got {self.start_rise}")
-        if not (self.backtrack_ms >= 0 and self.start_gap_ms >= 0):
-            raise ValueError("onset detector: backtrack_ms and start_gap_ms must be >= 0")
+        if not (self.backtrack_ms >= 0 and self.start_gap_ms >= 0 and self.mask_ms >= 0 and self.mask_db >= 0):
+            raise ValueError("onset detector: backtrack_ms, start_gap_ms, mask_ms and mask_db must be >= 0")
 
 
 @dataclass
@@ -155,8 +163,10 @@ class OnsetDetector:
         self.n_before = max(1, int(round(p.peak_ms / p.hop_ms)))
         self.n_after = max(1, int(round(p.lookahead_ms / p.hop_ms)))
         self.min_gap = ms(p.min_gap_ms)
+        self.mask = int(round(p.mask_ms * 1e-3 * sr))
         self.peak_search = ms(p.peak_search_ms)
         self.env_len = ms(p.env_ms)
+        self.attack = int(round(p.attack_ms * 1e-3 * sr))
         self.backtrack = int(round(p.backtrack_ms * 1e-3 * sr))
         self.start_gap = max(1, int(round(p.start_gap_ms * 1e-3 * sr)))
         self.lookback = self.win + self.hop + self.env_len + self.backtrack + self.start_gap  # a decision looks back
@@ -177,6 +187,7 @@ class OnsetDetector:
         self.recent_energy: list[float] = [-200.0] * self.n_mean
         self.decided = 0                                         # frames whose hit/no-hit decision is made
         self.last_onset = -10 ** 9
+        self.last_peak = 0.0                                     # peak amplitude of the last hit
         self.pending: list[int] = []                             # onsets whose segment is not complete yet
         self.times: dict[int, int] = {}                          # onset -> where its sound starts
         self.done = False
@@ -260,19 +271,22 @@ class OnsetDetector:
         refined = self._refine(k)
         if refined is None or refined[0] - self.last_onset < self.min_gap:
             return
-        onset, peak = refined
+        onset, base, peak = refined
+        if (self.params.mask_db > 0 and onset - self.last_onset < self.mask
+                and peak - base < self.last_peak * 10 ** (-self.params.mask_db / 20)):
+            return                                   # a much smaller rise in the decay of the last hit
         self.times[onset] = self._sound_start(onset, peak)
-        self.last_onset = onset
+        self.last_onset, self.last_peak = onset, peak
         self.pending.append(onset)
 
     def _sample(self, lo: int, hi: int) -> np.ndarray:
         """Absolute samples ``[lo, hi)`` (zeros before 0)."""
         return self.buf[lo - self.buf_start:hi - self.buf_start]
 
-    def _refine(self, k: int) -> tuple[int, float] | None:
+    def _refine(self, k: int) -> tuple[int, float, float] | None:
         """The hit's onset: the first sample where the amplitude climbs ``rise`` of the way from the quietest
         level in the frame that fired (a trailing ``env_ms`` maximum, so that the tail of an earlier hit
-        counts as the level before) to the hit's peak; with the peak."""
+        counts as the level before) to the hit's peak; with that level and the peak."""
         end = self._frame_end(k)
         lo = max(end - self.win - self.hop, self.last_onset + 1)
         hi = min(end + self.peak_search, self.total)
@@ -286,8 +300,14 @@ class OnsetDetector:
         peak = float(env[n_min:].max())
         if peak <= base:
             return None
-        thr = base + self.params.rise * (peak - base)
-        return lo + n_min + int(np.flatnonzero(x[n_min:] >= thr)[0]), peak
+        p = self.params
+        y = x[n_min:]
+        cand = np.flatnonzero(y >= base + p.rise * (peak - base))
+        if self.attack > 0:   # only a crossing followed by the attack: not a fluctuation of an earlier hit's tail
+            strong = np.flatnonzero(y >= base + p.attack_rise * (peak - base))
+            nxt = strong[np.minimum(np.searchsorted(strong, cand), len(strong) - 1)]
+            cand = cand[(nxt >= cand) & (nxt - cand <= self.attack)]
+        return lo + n_min + int(cand[0]), base, peak
 
     def _sound_start(self, onset: int, peak: float) -> int:
         """Where the hit's sound starts (its reported time), at most ``backtrack_ms`` before ``onset`` and

@@ -410,3 +410,23 @@ def test_backtrack_settings_are_checked():
         OnsetParams(start_rise=0.5)
     with pytest.raises(ValueError, match="backtrack_ms"):
         OnsetParams(backtrack_ms=-1.0)
+
+
+def test_much_quieter_bursts_in_a_hits_decay_are_part_of_it():
+    """An electronic kick whose decay pulses (bursts 50 ms apart, 16 and 30 dB down) is one hit; an equally
+    loud hit 60 ms later, or a quiet one after mask_ms, is still a hit of its own."""
+    rng = np.random.default_rng(1)
+    kick = synth_hit("low", 0.9, rng)
+    wave = np.zeros(int(1.5 * SR), np.float32)
+    n0 = int(0.2 * SR)
+    wave[n0:n0 + len(kick)] += kick
+    for dt, db in ((0.05, -16.0), (0.095, -30.0)):
+        burst = synth_hit("noise", 0.9 * 10 ** (db / 20), rng, seconds=0.03)
+        n = n0 + int(dt * SR)
+        wave[n:n + len(burst)] += burst
+    assert len(detect_onsets(wave, SR)) == 1
+    assert len(detect_onsets(wave, SR, OnsetParams(mask_db=0.0))) >= 2           # without the rule: 2-3 hits
+    quiet_late = wave.copy()
+    n = n0 + int(0.5 * SR)
+    quiet_late[n:n + len(kick)] += 0.05 * kick                                    # 25 dB down, 0.5 s later
+    assert len(detect_onsets(quiet_late, SR)) == 2
