@@ -74,15 +74,18 @@ class OnsetParams:
     mask_ms: float = 100.0        # a hit less than this after the previous one, whose rise (peak - level before)
     mask_db: float = 12.0         # is more than this below the previous peak, is part of it (0: off)
     floor_db: float = -50.0       # a hit's frame must be louder than this (dBFS, RMS)
+    min_rise_db: float = 2.0      # ... and its peak this much above the level before it (the tail of earlier hits)
     band_floor_db: float = -100.0 # band powers below this count as this (silence)
     peak_search_ms: float = 20.0  # the hit's peak is looked for up to this long after its frame
+    search_ms: float = 20.0       # ... and its onset up to this long before the frame's end (at most frame + hop)
     rise: float = 0.1             # onset = first sample at this fraction from the level before to the peak
     env_ms: float = 10.0          # trailing-maximum window of the amplitude envelope used for that level
     attack_ms: float = 10.0       # ... counting only a crossing followed within this time (0: any crossing)
     attack_rise: float = 0.3      # ... by this fraction of the rise (skips fluctuations of an earlier hit's tail)
     backtrack_ms: float = 0.0     # > 0: the reported time goes back up to this far, to where the sound starts:
     start_rise: float = 0.03      # the first sample of the run up to the onset above this fraction of the rise ...
-    start_gap_ms: float = 2.5     # ... from the quietest point before it (zero crossings shorter than this bridged)
+    start_gap_ms: float = 2.5     # ... from the quietest point before it (zero crossings shorter than this bridged),
+    start_silence: float = 0.01   # when that point is below this fraction of the peak (silence, not a ringing tail)
 
     def __post_init__(self):
         for name in ("frame_ms", "hop_ms", "min_gap_ms", "mean_ms", "peak_ms", "lookahead_ms"):
@@ -91,6 +94,8 @@ class OnsetParams:
                 raise ValueError(f"onset detector: {name} must be > 0, got {v}")
         if self.hop_ms > self.frame_ms:
             raise ValueError("onset detector: hop_ms must not exceed frame_ms")
+        if not 0 < self.search_ms <= self.frame_ms + self.hop_ms:
+            raise ValueError("onset detector: search_ms must be in (0, frame_ms + hop_ms]")
         if not 0 < self.rise < 1:
             raise ValueError(f"onset detector: rise must be in (0, 1), got {self.rise}")
         if not self.rise <= self.attack_rise <= 1 or self.attack_ms < 0:
@@ -167,6 +172,7 @@ class OnsetDetector:
         self.peak_search = ms(p.peak_search_ms)
         self.env_len = ms(p.env_ms)
         self.attack = int(round(p.attack_ms * 1e-3 * sr))
+        self.search = min(ms(p.search_ms), self.win + self.hop)
         self.backtrack = int(round(p.backtrack_ms * 1e-3 * sr))
         self.start_gap = max(1, int(round(p.start_gap_ms * 1e-3 * sr)))
         self.lookback = self.win + self.hop + self.env_len + self.backtrack + self.start_gap  # a decision looks back
@@ -288,7 +294,7 @@ class OnsetDetector:
         level in the frame that fired (a trailing ``env_ms`` maximum, so that the tail of an earlier hit
         counts as the level before) to the hit's peak; with that level and the peak."""
         end = self._frame_end(k)
-        lo = max(end - self.win - self.hop, self.last_onset + 1)
+        lo = max(end - self.search, self.last_onset + 1)
         hi = min(end + self.peak_search, self.total)
         if end <= lo:
             return None
@@ -298,8 +304,8 @@ class OnsetDetector:
         n_min = int(np.argmin(env[:end - lo]))
         base = float(env[n_min])
         peak = float(env[n_min:].max())
-        if peak <= base:
-            return None
+        if peak <= base * 10 ** (self.params.min_rise_db / 20) or peak <= 0:
+            return None                              # no attack: a change of colour, not a new hit
         p = self.params
         y = x[n_min:]
         cand = np.flatnonzero(y >= base + p.rise * (peak - base))
@@ -324,9 +330,9 @@ class OnsetDetector:
         env = torch.nn.functional.max_pool1d(torch.from_numpy(x)[None, None], self.start_gap + 1,
                                              stride=1)[0, 0].numpy()[:onset - lo]    # env[i]: max x[i : i+gap]
         quiet = len(env) - 1 - int(np.argmin(env[::-1]))                            # the last minimum
-        thr = self.params.start_rise * peak
-        if env[quiet] >= thr:            # no near-silence before the hit (e.g. an earlier hit rings on): its onset
+        if env[quiet] >= self.params.start_silence * peak:    # no silence before the hit (an earlier one rings on)
             return onset
+        thr = self.params.start_rise * peak
         below = np.flatnonzero(env[quiet:] < thr)
         i = quiet + (int(below[-1]) + 1 if below.size else 0)
         return lo + i + int(np.argmax(x[i:] >= thr))

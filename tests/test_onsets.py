@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -430,3 +431,42 @@ def test_much_quieter_bursts_in_a_hits_decay_are_part_of_it():
     n = n0 + int(0.5 * SR)
     quiet_late[n:n + len(kick)] += 0.05 * kick                                    # 25 dB down, 0.5 s later
     assert len(detect_onsets(quiet_late, SR)) == 2
+
+
+def test_onset_is_the_attack_not_an_earlier_swell_of_a_ringing_tail():
+    """A steady tone rings (0.3) with a 1.5-ms swell to 0.42 14 ms before a loud noise hit: the swell crosses
+    10 % of the rise, but no attack follows it within attack_ms, so the onset is the hit's own attack."""
+    rng = np.random.default_rng(0)
+    n = int(0.8 * SR)
+    t = np.arange(n) / SR
+    amp = np.full(n, 0.3)
+    n0 = int(0.5 * SR)
+    s0, s1 = n0 - int(0.014 * SR), n0 - int(0.0125 * SR)
+    amp[s0:s1] = 0.42
+    wave = amp * np.sin(2 * np.pi * 3000 * t)
+    m = int(0.1 * SR)
+    wave[n0:n0 + m] += 0.9 * np.clip(rng.standard_normal(m), -1, 1) * np.exp(-np.arange(m) / SR / 0.03)
+    wave = wave.astype(np.float32)
+    wide = OnsetParams(search_ms=28.0)
+    for p in (OnsetParams(), wide):
+        onsets = [o for o in detect_onsets(wave, SR, p) if abs(o - n0) < 0.03 * SR]
+        assert len(onsets) == 1 and abs(onsets[0] - n0) <= 0.001 * SR
+    early = [o for o in detect_onsets(wave, SR, replace(wide, attack_ms=0.0)) if abs(o - n0) < 0.03 * SR]
+    assert len(early) == 1 and early[0] <= s1                       # without the attack rule: the swell
+
+
+def test_a_change_of_colour_without_an_attack_is_not_a_hit():
+    """Ringing noise that turns brighter at the same level (an open cymbal's second swell) is no new hit;
+    the same change with a 6-dB attack is."""
+    rng = np.random.default_rng(0)
+    n, n0 = int(1.0 * SR), int(0.5 * SR)
+    low = np.convolve(rng.standard_normal(n), np.ones(8) / 8, mode="same")        # dull noise
+    bright = rng.standard_normal(n)
+    wave = np.where(np.arange(n) < n0, low / np.abs(low).max(), bright / np.abs(bright).max()) * 0.5
+    wave = wave.astype(np.float32)
+    near = lambda p, w: [o for o in detect_onsets(w, SR, p) if abs(o - n0) < 0.03 * SR]    # noqa: E731
+    assert near(OnsetParams(), wave) == []
+    assert len(near(OnsetParams(min_rise_db=0.0), wave)) == 1                     # the flux alone fires
+    louder = wave.copy()
+    louder[n0:] *= 2.0
+    assert len(near(OnsetParams(), louder)) == 1
