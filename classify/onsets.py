@@ -11,13 +11,16 @@ Detection (:class:`OnsetDetector`)
     mean over bands), with frames that end at the newest sample (no centring, so a frame needs no
     future audio). A frame fires when its flux is the local maximum of the frames around it, exceeds
     the median flux of the preceding frames by ``threshold`` dB, and its audio is louder than
-    ``floor_db`` dBFS. The hit's time is then refined to the sample: the first sample, in the frame
-    that fired, whose amplitude reaches 10 % of the way from the level before the hit to the hit's
-    peak (``audio_utils.find_onset``'s rule, made robust to the tail of an earlier hit). A hit less
-    than ``min_gap_ms`` after the previous one is dropped (a hand clap's bursts are one hit), and so is one
-    less than ``mask_ms`` after it whose rise (peak - level before) is more than ``mask_db`` below the
-    previous hit's peak (the pulses in an electronic kick's decay). The
-    detector is fed chunks of any size; the offline
+    ``floor_db`` dBFS. The hit's time is then refined to the sample: the first sample, up to
+    ``search_ms`` before the end of the frame that fired, whose amplitude reaches ``rise`` (10 %) of the
+    way from the level before the hit to the hit's peak and is followed within ``attack_ms`` by
+    ``attack_rise`` of that rise (``audio_utils.find_onset``'s rule, made robust to the tail of an
+    earlier hit and its swells). A hit must rise ``min_rise_db`` above the level before it. A hit less
+    than ``min_gap_ms`` after the previous one is dropped (a hand clap's bursts are one hit), and so is
+    one less than ``mask_ms`` after it whose rise (peak - level before) is more than ``mask_db`` below
+    the previous hit's peak (the pulses in an electronic kick's decay). The reported time is the
+    onset, or with ``backtrack_ms`` > 0 the start of a soft lead-in after silence
+    (:meth:`OnsetDetector._sound_start`). The detector is fed chunks of any size; the offline
     :func:`detect_onsets` is the same detector fed the whole wave, so both give identical hits.
 
 Segments
@@ -83,7 +86,7 @@ class OnsetParams:
     attack_ms: float = 10.0       # ... counting only a crossing followed within this time (0: any crossing)
     attack_rise: float = 0.3      # ... by this fraction of the rise (skips fluctuations of an earlier hit's tail)
     backtrack_ms: float = 0.0     # > 0: the reported time goes back up to this far, to where the sound starts:
-    start_rise: float = 0.03      # the first sample of the run up to the onset above this fraction of the rise ...
+    start_rise: float = 0.03      # the first sample of the run up to the onset above this fraction of the peak ...
     start_gap_ms: float = 2.5     # ... from the quietest point before it (zero crossings shorter than this bridged),
     start_silence: float = 0.01   # when that point is below this fraction of the peak (silence, not a ringing tail)
 
@@ -99,11 +102,13 @@ class OnsetParams:
         if not 0 < self.rise < 1:
             raise ValueError(f"onset detector: rise must be in (0, 1), got {self.rise}")
         if not self.rise <= self.attack_rise <= 1 or self.attack_ms < 0:
-            raise ValueError(f"onset detector: attack_rise must be in [rise, 1] and attack_ms >= 0")
+            raise ValueError("onset detector: attack_rise must be in [rise, 1] and attack_ms >= 0")
         if not 0 < self.start_rise <= self.rise:
             raise ValueError(f"onset detector: start_rise must be in (0, rise], got {self.start_rise}")
-        if not (self.backtrack_ms >= 0 and self.start_gap_ms >= 0 and self.mask_ms >= 0 and self.mask_db >= 0):
-            raise ValueError("onset detector: backtrack_ms, start_gap_ms, mask_ms and mask_db must be >= 0")
+        if not 0 < self.start_silence <= self.start_rise:
+            raise ValueError(f"onset detector: start_silence must be in (0, start_rise], got {self.start_silence}")
+        if not all(getattr(self, n) >= 0 for n in ("backtrack_ms", "start_gap_ms", "mask_ms", "mask_db", "min_rise_db")):
+            raise ValueError("onset detector: backtrack_ms, start_gap_ms, mask_ms, mask_db and min_rise_db must be >= 0")
 
 
 @dataclass
@@ -316,13 +321,12 @@ class OnsetDetector:
         return lo + n_min + int(cand[0]), base, peak
 
     def _sound_start(self, onset: int, peak: float) -> int:
-        """Where the hit's sound starts (its reported time), at most ``backtrack_ms`` before ``onset`` and
-        after the previous onset: from the quietest point before the onset (the last minimum of a short
-        envelope, the ``start_gap_ms`` leading maximum of the amplitude, so zero crossings do not count as
-        quiet), the first sample of the run up to the onset that stays above ``start_rise`` of the way from
-        the silence to the peak, ``start_rise`` x peak; when even the quietest point is louder than that (an
-        earlier hit rings on), the onset. A sharp attack starts at its onset; a soft lead-in after silence
-        (a pedal hi-hat's closing cymbals) counts as the start; silence and earlier hits' tails never do."""
+        """Where the hit's sound starts (its reported time; ``onset`` unless ``backtrack_ms`` > 0): at most
+        ``backtrack_ms`` before ``onset`` and after the previous onset, from the quietest point before the
+        onset (the last minimum of the ``start_gap_ms`` leading maximum of the amplitude, so that zero
+        crossings are not quiet), if that point is silent (below ``start_silence`` x peak), the first
+        sample of the run up to the onset above ``start_rise`` x peak. A soft lead-in after silence (a
+        pedal hi-hat's closing cymbals) counts as the start; silence and earlier hits' tails never do."""
         lo = max(onset - self.backtrack, self.last_onset + 1, self.buf_start)
         if self.backtrack <= 0 or lo >= onset:
             return onset
