@@ -17,6 +17,7 @@ Pipeline
    random time shift (circular roll), volume scaling (exact in the log-power domain: + 2 ln g),
    additive noise (white noise of random SNR added in the power domain), then, after
    normalisation, SpecAugment time and frequency masks (masked to 0 = the training mean).
+   Onset-aligned one-shots can also get an earlier hit's tail mixed in (``add_loop_tails``, opt-in).
    Mixup is applied by the training engine.
 5. Normalisation: per-mel-bin mean and std computed on the training split only
    (``FeatureDataset.compute_normalization``) and stored in every checkpoint.

@@ -9,8 +9,7 @@ next hits). For every loop the onset-aligned checkpoint classifies each detected
 
 * the placed times: a detection within ``--tolerance-ms`` (10 ms) of a hit's onset is a match
   (one-to-one); the onset is where the file was placed plus the file's own onset (the time the hit
-  path reports for the file alone: where its sound starts), and the error to the bare placement time
-  is reported too; the issue's done-when (one line per hit, within 10 ms of the placement, the label
+  path reports for the file alone), and the error to the bare placement time is reported too; the issue's done-when (one line per hit, within 10 ms of the placement, the label
   of the file alone) is counted per loop against both times;
 * the label of classifying each hit's file alone (the one-shot evaluation path): per-hit agreement;
 * the hit's class folder: per-hit accuracy in the loop and alone.
@@ -91,8 +90,8 @@ def run_set(root: Path, pred, predict_waveform, args, lines: list[str], choke: b
         files, labels = [files[k] for k in keep], [names[labels[k]] for k in keep]
         waves = [au.load_audio(f, sr).numpy() for f in files]
         alone = [pred.class_names[int(np.argmax(predict_waveform(torch.from_numpy(w))))] for w in waves]
-        # each file alone through the hit path: its first hit's time is the file's own onset (where its
-        # sound starts, by the same rule as in a loop); a file without a hit falls back to find_onset
+        # each file alone through the hit path: its first hit's time is the file's own onset (by the same
+        # rule as in a loop); a file without a hit falls back to find_onset
         alone_hits = [classify_hits(w, sr, predict_waveform, pred.cfg.duration, pred.cfg.onset_pre_ms,
                                     pred.class_names) for w in waves]
         leads = [int(round(hs[0].time_s * sr)) if hs else au.find_onset(torch.from_numpy(w), sr, pre_ms=0.0)
@@ -196,8 +195,8 @@ def run_set(root: Path, pred, predict_waveform, args, lines: list[str], choke: b
         f"{res['acc_loop']:.3f}, alone {res['acc_alone']:.3f}",
         f"  loops giving exactly one line per hit, each within {args.tolerance_ms:g} ms of where the hit was placed "
         f"and with the label of its file alone: {loops_ok}/{args.loops}",
-        f"  the same with times within {args.tolerance_ms:g} ms of the file's own onset (placement + where the file's "
-        f"sound starts, as the hit path finds it in the file alone): {loops_ok_onset}/{args.loops}",
+        f"  the same with times within {args.tolerance_ms:g} ms of the hit's onset (placement + the time the hit path "
+        f"reports for its file alone): {loops_ok_onset}/{args.loops}",
         one_shot_line,
         f"  offline compute: {res['rtf']:.4f} s per s of audio (detection + classification, "
         f"{torch.get_num_threads()} thread(s))",
