@@ -17,6 +17,7 @@ Pipeline
    random time shift (circular roll), volume scaling (exact in the log-power domain: + 2 ln g),
    additive noise (white noise of random SNR added in the power domain), then, after
    normalisation, SpecAugment time and frequency masks (masked to 0 = the training mean).
+   Onset-aligned one-shots can also get an earlier hit's tail mixed in (``add_loop_tails``, opt-in).
    Mixup is applied by the training engine.
 5. Normalisation: per-mel-bin mean and std computed on the training split only
    (``FeatureDataset.compute_normalization``) and stored in every checkpoint.
@@ -165,6 +166,13 @@ class AugmentConfig:
     stretch: tuple[float, float] = (0.8, 1.25)   # source frames per output frame (log-uniform)
     freq_shift_prob: float = 0.0           # shift along the mel axis (edge bins repeated)
     freq_shift_max: int = 4                # in mel bins
+    # loop context (onset-aligned one-shots only, off by default; the drum recipe turns it on): with this
+    # probability a view also holds the decaying tail of another training one-shot that started
+    # ``loop_gap`` seconds earlier, at a gain of ``loop_tail_gain_db`` relative to its own level, as a
+    # hit sounds inside a drum loop whose previous hit rings on (see :func:`add_loop_tails`)
+    loop_tail_prob: float = 0.0
+    loop_gap: tuple[float, float] = (0.25, 0.5)
+    loop_tail_gain_db: tuple[float, float] = (-6.0, 6.0)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -526,6 +534,46 @@ def multi_crop_offsets(total_frames: int, crop_frames: int, n_crops: int) -> lis
     return [int(round(v)) for v in np.linspace(0, slack, n_crops)]
 
 
+def loop_context_config(cfg: FeatureConfig, aug: AugmentConfig) -> FeatureConfig:
+    """Feature settings of the *context* log-mels that :func:`add_loop_tails` reads the earlier hits'
+    tails from: the same onset-aligned crop, long enough to reach ``loop_gap``'s upper end past the clip."""
+    if not cfg.onset_align:
+        raise ValueError("loop_tail_prob > 0 needs onset-aligned one-shots (feature onset_align=True, "
+                         "e.g. --feature-preset drums)")
+    lo, hi = aug.loop_gap
+    if not 0 < lo <= hi:
+        raise ValueError(f"loop_gap must be two increasing times > 0 s, got {aug.loop_gap}")
+    return replace(cfg, duration=cfg.duration + hi + 2 * cfg.hop_length / cfg.sample_rate)
+
+
+def add_loop_tails(x: torch.Tensor, context: torch.Tensor, cfg: AugmentConfig, hop_seconds: float,
+                   g: torch.Generator | None = None) -> torch.Tensor:
+    """Loop context on un-normalised log-power mels ``[B, T, F]`` of onset-aligned hits.
+
+    With probability ``loop_tail_prob`` a view is mixed with the tail of a random clip of ``context``
+    (``[N, T_ctx, F]``: the log-mels of one-shots from their onset-aligned crop start, longer than a
+    view; see :func:`loop_context_config`) as if that hit had started ``gap ~ U(loop_gap)`` seconds
+    earlier: its frames ``[gap / hop_seconds, + T)``, at a random gain in ``loop_tail_gain_db``, are
+    added to the view in the power domain (``logaddexp``, the mixture of uncorrelated sounds). This is
+    what a hit looks like in a drum loop whose previous hit rings on under it.
+    """
+    if cfg.loop_tail_prob <= 0:
+        return x
+    b, t, f = x.shape
+    on = torch.nonzero(torch.rand(b, generator=g) < cfg.loop_tail_prob).flatten()
+    if not len(on):
+        return x
+    n = len(on)
+    partner = torch.randint(0, context.shape[0], (n,), generator=g)
+    gap = torch.round(_uniform(n, *cfg.loop_gap, g) / hop_seconds).long()
+    idx = (gap.view(-1, 1) + torch.arange(t).view(1, -1)).clamp(max=context.shape[1] - 1)
+    tail = torch.gather(context[partner], 1, idx.unsqueeze(-1).expand(-1, -1, f))
+    gain = _uniform(n, *cfg.loop_tail_gain_db, g) * (math.log(10.0) / 10.0)
+    out = x.clone()
+    out[on] = torch.logaddexp(x[on], tail + gain.view(-1, 1, 1))
+    return out
+
+
 def augment_logmel(x: torch.Tensor, cfg: AugmentConfig, g: torch.Generator | None = None) -> torch.Tensor:
     """Volume scaling and additive noise on log-power mels ``[B, T, F]`` (returns a new tensor).
 
@@ -588,7 +636,7 @@ class FeatureDataset(torch.utils.data.Dataset):
                  feature_cfg: FeatureConfig, names: Sequence[str] | None = None, mode: str = "sequence",
                  augment: bool | AugmentConfig = False, expansion: int | None = None,
                  normalization: tuple[torch.Tensor, torch.Tensor] | None = None,
-                 tubelet: tuple[int, int] = (8, 16)):
+                 tubelet: tuple[int, int] = (8, 16), context: torch.Tensor | None = None):
         if mode not in ("sequence", "tubelet"):
             raise ValueError(f"mode must be 'sequence' or 'tubelet', not {mode!r}")
         self.features = features            # [N, T_full, F] float32 (possibly a memmap view)
@@ -602,6 +650,10 @@ class FeatureDataset(torch.utils.data.Dataset):
         self.expansion = int(expansion if expansion is not None else (3 if self.augment_cfg else 1))
         self.normalization = normalization
         self.tubelet = tubelet
+        self.context = context                 # [N, T_ctx, F] log-mels for loop tails (add_loop_tails) or None
+        if self.augment_cfg is not None and self.augment_cfg.loop_tail_prob > 0 and context is None:
+            raise ValueError("loop_tail_prob > 0 needs the clips' context log-mels (folder_dataset builds them "
+                             "for onset-aligned one-shots)")
         self.crop_frames: int | None = None    # training views of this many frames (crop training)
         self.generator = torch.Generator().manual_seed(0)
 
@@ -674,6 +726,8 @@ class FeatureDataset(torch.utils.data.Dataset):
         else:
             x = crop_and_shift(raw, self.view_frames, cfg, g)
         if cfg is not None:
+            if cfg.loop_tail_prob > 0:
+                x = add_loop_tails(x, self.context, cfg, self.feature_cfg.hop_length / self.feature_cfg.sample_rate, g)
             x = augment_logmel(spectral_augment(x, cfg, g), cfg, g)
         return x, self.labels[idx]
 
@@ -701,7 +755,8 @@ class FeatureDataset(torch.utils.data.Dataset):
                   labels=self.labels[torch.as_tensor(idx)], class_names=self.class_names,
                   feature_cfg=self.feature_cfg, names=[self.names[i] for i in idx], mode=self.mode,
                   augment=self.augment_cfg or False, expansion=self.expansion,
-                  normalization=self.normalization, tubelet=self.tubelet)
+                  normalization=self.normalization, tubelet=self.tubelet,
+                  context=None if self.context is None else self.context[torch.as_tensor(idx)])
         kw.update(overrides)
         ds = FeatureDataset(**kw)
         ds.crop_frames = self.crop_frames
@@ -1253,6 +1308,10 @@ def folder_dataset(root: str | os.PathLike, feature_cfg: FeatureConfig | None = 
         idx = folder_split(files, labels, root, fractions, seed, group_pattern, group_scope,
                            split_file)[SPLITS.index(split)]
     root = Path(root)
+    context = None
+    if isinstance(augment, AugmentConfig) and augment.loop_tail_prob > 0:       # loop tails: longer log-mels
+        ctx = cached_features(files, loop_context_config(cfg, augment), cache_dir, progress=progress)
+        context = torch.from_numpy(np.ascontiguousarray(ctx[idx]))
     return FeatureDataset(torch.from_numpy(np.ascontiguousarray(feats[idx])), torch.as_tensor(labels)[idx],
                           class_names, cfg, names=[str(files[i].relative_to(root)) for i in idx], mode=mode,
-                          augment=augment, expansion=expansion, normalization=normalization, **kw)
+                          augment=augment, expansion=expansion, normalization=normalization, context=context, **kw)

@@ -11,11 +11,16 @@ Detection (:class:`OnsetDetector`)
     mean over bands), with frames that end at the newest sample (no centring, so a frame needs no
     future audio). A frame fires when its flux is the local maximum of the frames around it, exceeds
     the median flux of the preceding frames by ``threshold`` dB, and its audio is louder than
-    ``floor_db`` dBFS. The hit's time is then refined to the sample: the first sample, in the frame
-    that fired, whose amplitude reaches 10 % of the way from the level before the hit to the hit's
-    peak (``audio_utils.find_onset``'s rule, made robust to the tail of an earlier hit). A hit less
-    than ``min_gap_ms`` after the previous one is dropped (a hand clap's bursts are one hit). The
-    detector is fed chunks of any size; the offline
+    ``floor_db`` dBFS. The hit's time is then refined to the sample: the first sample, up to
+    ``search_ms`` before the end of the frame that fired, whose amplitude reaches ``rise`` (10 %) of the
+    way from the level before the hit to the hit's peak and is followed within ``attack_ms`` by
+    ``attack_rise`` of that rise (``audio_utils.find_onset``'s rule, made robust to the tail of an
+    earlier hit and its swells). A hit must rise ``min_rise_db`` above the level before it. A hit less
+    than ``min_gap_ms`` after the previous one is dropped (a hand clap's bursts are one hit), and so is
+    one less than ``mask_ms`` after it whose rise (peak - level before) is more than ``mask_db`` below
+    the previous hit's peak (the pulses in an electronic kick's decay). The reported time is the
+    onset, or with ``backtrack_ms`` > 0 the start of a soft lead-in after silence
+    (:meth:`OnsetDetector._sound_start`). The detector is fed chunks of any size; the offline
     :func:`detect_onsets` is the same detector fed the whole wave, so both give identical hits.
 
 Segments
@@ -69,11 +74,21 @@ class OnsetParams:
     peak_ms: float = 15.0         # a hit's flux must be the maximum within this many ms before it ...
     lookahead_ms: float = 10.0    # ... and after it (the detector's look-ahead)
     min_gap_ms: float = 40.0      # minimum time between two hits (a hand clap's bursts are one hit)
+    mask_ms: float = 100.0        # a hit less than this after the previous one, whose rise (peak - level before)
+    mask_db: float = 12.0         # is more than this below the previous peak, is part of it (0: off)
     floor_db: float = -50.0       # a hit's frame must be louder than this (dBFS, RMS)
+    min_rise_db: float = 2.0      # ... and its peak this much above the level before it (the tail of earlier hits)
     band_floor_db: float = -100.0 # band powers below this count as this (silence)
     peak_search_ms: float = 20.0  # the hit's peak is looked for up to this long after its frame
+    search_ms: float = 20.0       # ... and its onset up to this long before the frame's end (at most frame + hop)
     rise: float = 0.1             # onset = first sample at this fraction from the level before to the peak
     env_ms: float = 10.0          # trailing-maximum window of the amplitude envelope used for that level
+    attack_ms: float = 10.0       # ... counting only a crossing followed within this time (0: any crossing)
+    attack_rise: float = 0.3      # ... by this fraction of the rise (skips fluctuations of an earlier hit's tail)
+    backtrack_ms: float = 0.0     # > 0: the reported time goes back up to this far, to where the sound starts:
+    start_rise: float = 0.03      # the first sample of the run up to the onset above this fraction of the peak ...
+    start_gap_ms: float = 2.5     # ... from the quietest point before it (zero crossings shorter than this bridged),
+    start_silence: float = 0.01   # when that point is below this fraction of the peak (silence, not a ringing tail)
 
     def __post_init__(self):
         for name in ("frame_ms", "hop_ms", "min_gap_ms", "mean_ms", "peak_ms", "lookahead_ms"):
@@ -82,18 +97,34 @@ class OnsetParams:
                 raise ValueError(f"onset detector: {name} must be > 0, got {v}")
         if self.hop_ms > self.frame_ms:
             raise ValueError("onset detector: hop_ms must not exceed frame_ms")
+        if not 0 < self.search_ms <= self.frame_ms + self.hop_ms:
+            raise ValueError("onset detector: search_ms must be in (0, frame_ms + hop_ms]")
         if not 0 < self.rise < 1:
             raise ValueError(f"onset detector: rise must be in (0, 1), got {self.rise}")
+        if not self.rise <= self.attack_rise <= 1 or self.attack_ms < 0:
+            raise ValueError("onset detector: attack_rise must be in [rise, 1] and attack_ms >= 0")
+        if not 0 < self.start_rise <= self.rise:
+            raise ValueError(f"onset detector: start_rise must be in (0, rise], got {self.start_rise}")
+        if not 0 < self.start_silence <= self.start_rise:
+            raise ValueError(f"onset detector: start_silence must be in (0, start_rise], got {self.start_silence}")
+        if not all(getattr(self, n) >= 0 for n in ("backtrack_ms", "start_gap_ms", "mask_ms", "mask_db", "min_rise_db")):
+            raise ValueError("onset detector: backtrack_ms, start_gap_ms, mask_ms, mask_db and min_rise_db must be >= 0")
 
 
 @dataclass
 class Segment:
-    """One detected hit: its onset sample and the audio ``[start, end)`` to classify it from."""
-    onset: int
+    """One detected hit: its onset sample, the audio ``[start, end)`` to classify it from, and the
+    sample where its sound starts (``time``, the reported time; at most ``backtrack_ms`` before ``onset``)."""
+    onset: int                    # the 10 %-rise sample the crop is anchored to (as training's find_onset)
     start: int
     end: int
     audio: np.ndarray             # float32, ``end - start`` samples
     ready_at: int                 # stream position (samples received) when the segment was complete
+    time: int = -1                # where the hit's sound starts (the reported time); -1: ``onset``
+
+    def __post_init__(self):
+        if self.time < 0:
+            self.time = self.onset
 
 
 @dataclass
@@ -142,9 +173,14 @@ class OnsetDetector:
         self.n_before = max(1, int(round(p.peak_ms / p.hop_ms)))
         self.n_after = max(1, int(round(p.lookahead_ms / p.hop_ms)))
         self.min_gap = ms(p.min_gap_ms)
+        self.mask = int(round(p.mask_ms * 1e-3 * sr))
         self.peak_search = ms(p.peak_search_ms)
         self.env_len = ms(p.env_ms)
-        self.lookback = self.win + self.hop + self.env_len          # samples a decision looks back
+        self.attack = int(round(p.attack_ms * 1e-3 * sr))
+        self.search = min(ms(p.search_ms), self.win + self.hop)
+        self.backtrack = int(round(p.backtrack_ms * 1e-3 * sr))
+        self.start_gap = max(1, int(round(p.start_gap_ms * 1e-3 * sr)))
+        self.lookback = self.win + self.hop + self.env_len + self.backtrack + self.start_gap  # a decision looks back
         self.window = np.hanning(self.win + 2)[1:-1]                                        # no zero ends
         self.fb = _mel_bank(sr, self.win, p.n_bands, p.f_min, p.f_max)
         self.scale = 1.0 / np.square(self.window.sum() / 2)                # a full-scale sine -> about 0 dB
@@ -162,7 +198,9 @@ class OnsetDetector:
         self.recent_energy: list[float] = [-200.0] * self.n_mean
         self.decided = 0                                         # frames whose hit/no-hit decision is made
         self.last_onset = -10 ** 9
+        self.last_peak = 0.0                                     # peak amplitude of the last hit
         self.pending: list[int] = []                             # onsets whose segment is not complete yet
+        self.times: dict[int, int] = {}                          # onset -> where its sound starts
         self.done = False
 
     # ---------------------------------------------------------------- public
@@ -241,22 +279,27 @@ class OnsetDetector:
         level = float(np.median(hist)) if hist else 0.0
         if f < level + self.params.threshold or max(energy[i:i + 1 + self.n_after]) < self.params.floor_db:
             return
-        onset = self._refine(k)
-        if onset is None or onset - self.last_onset < self.min_gap:
+        refined = self._refine(k)
+        if refined is None or refined[0] - self.last_onset < self.min_gap:
             return
-        self.last_onset = onset
+        onset, base, peak = refined
+        if (self.params.mask_db > 0 and onset - self.last_onset < self.mask
+                and peak - base < self.last_peak * 10 ** (-self.params.mask_db / 20)):
+            return                                   # a much smaller rise in the decay of the last hit
+        self.times[onset] = self._sound_start(onset, peak)
+        self.last_onset, self.last_peak = onset, peak
         self.pending.append(onset)
 
     def _sample(self, lo: int, hi: int) -> np.ndarray:
         """Absolute samples ``[lo, hi)`` (zeros before 0)."""
         return self.buf[lo - self.buf_start:hi - self.buf_start]
 
-    def _refine(self, k: int) -> int | None:
-        """The hit's first sample: where the amplitude first climbs ``rise`` of the way from the quietest
+    def _refine(self, k: int) -> tuple[int, float, float] | None:
+        """The hit's onset: the first sample where the amplitude climbs ``rise`` of the way from the quietest
         level in the frame that fired (a trailing ``env_ms`` maximum, so that the tail of an earlier hit
-        counts as the level before) to the hit's peak."""
+        counts as the level before) to the hit's peak; with that level and the peak."""
         end = self._frame_end(k)
-        lo = max(end - self.win - self.hop, self.last_onset + 1)
+        lo = max(end - self.search, self.last_onset + 1)
         hi = min(end + self.peak_search, self.total)
         if end <= lo:
             return None
@@ -266,10 +309,37 @@ class OnsetDetector:
         n_min = int(np.argmin(env[:end - lo]))
         base = float(env[n_min])
         peak = float(env[n_min:].max())
-        if peak <= base:
-            return None
-        thr = base + self.params.rise * (peak - base)
-        return lo + n_min + int(np.flatnonzero(x[n_min:] >= thr)[0])
+        if peak <= base * 10 ** (self.params.min_rise_db / 20) or peak <= 0:
+            return None                              # no attack: a change of colour, not a new hit
+        p = self.params
+        y = x[n_min:]
+        cand = np.flatnonzero(y >= base + p.rise * (peak - base))
+        if self.attack > 0:   # only a crossing followed by the attack: not a fluctuation of an earlier hit's tail
+            strong = np.flatnonzero(y >= base + p.attack_rise * (peak - base))
+            nxt = strong[np.minimum(np.searchsorted(strong, cand), len(strong) - 1)]
+            cand = cand[(nxt >= cand) & (nxt - cand <= self.attack)]
+        return lo + n_min + int(cand[0]), base, peak
+
+    def _sound_start(self, onset: int, peak: float) -> int:
+        """Where the hit's sound starts (its reported time; ``onset`` unless ``backtrack_ms`` > 0): at most
+        ``backtrack_ms`` before ``onset`` and after the previous onset, from the quietest point before the
+        onset (the last minimum of the ``start_gap_ms`` leading maximum of the amplitude, so that zero
+        crossings are not quiet), if that point is silent (below ``start_silence`` x peak), the first
+        sample of the run up to the onset above ``start_rise`` x peak. A soft lead-in after silence (a
+        pedal hi-hat's closing cymbals) counts as the start; silence and earlier hits' tails never do."""
+        lo = max(onset - self.backtrack, self.last_onset + 1, self.buf_start)
+        if self.backtrack <= 0 or lo >= onset:
+            return onset
+        x = np.abs(self._sample(lo, onset + self.start_gap))
+        env = torch.nn.functional.max_pool1d(torch.from_numpy(x)[None, None], self.start_gap + 1,
+                                             stride=1)[0, 0].numpy()[:onset - lo]    # env[i]: max x[i : i+gap]
+        quiet = len(env) - 1 - int(np.argmin(env[::-1]))                            # the last minimum
+        if env[quiet] >= self.params.start_silence * peak:    # no silence before the hit (an earlier one rings on)
+            return onset
+        thr = self.params.start_rise * peak
+        below = np.flatnonzero(env[quiet:] < thr)
+        i = quiet + (int(below[-1]) + 1 if below.size else 0)
+        return lo + i + int(np.argmax(x[i:] >= thr))
 
     # ---------------------------------------------------------------- segments
     def _crop_end(self, onset: int) -> int:
@@ -299,7 +369,7 @@ class OnsetDetector:
                 break
             end = min(end, self.total)
             audio = self._sample(start, end).astype(np.float32)
-            out.append(Segment(onset, start, end, audio, ready_at=self.total))
+            out.append(Segment(onset, start, end, audio, ready_at=self.total, time=self.times.pop(onset, onset)))
             self.pending.pop(0)
         self._trim()
         return out
@@ -346,7 +416,7 @@ def segments(wave, sample_rate: int, crop_seconds: float, pre_ms: float = 5.0, m
 
 def detect_onsets(wave, sample_rate: int, params: OnsetParams | None = None) -> np.ndarray:
     """Onset sample indices of every hit in a mono ``wave`` (divide by ``sample_rate`` for seconds)."""
-    return np.asarray([s.onset for s in segments(wave, sample_rate, 0.1, 0.0, 0.0, params)], dtype=np.int64)
+    return np.asarray([s.time for s in segments(wave, sample_rate, 0.1, 0.0, 0.0, params)], dtype=np.int64)
 
 
 def _predict(seg: Segment, sample_rate: int, model_rate: int | None, predict_segment: PredictSegment,
@@ -361,7 +431,7 @@ def _predict(seg: Segment, sample_rate: int, model_rate: int | None, predict_seg
         raise ValueError(f"predict_segment returned {probs.shape[0]} probabilities for {len(class_names)} classes")
     j = int(np.argmax(probs))
     sr = float(sample_rate)
-    return Hit(time_s=seg.onset / sr, label=str(class_names[j]), prob=float(probs[j]), probs=probs,
+    return Hit(time_s=seg.time / sr, label=str(class_names[j]), prob=float(probs[j]), probs=probs,
                start_s=seg.start / sr, end_s=seg.end / sr, ready_s=seg.ready_at / sr, compute_s=compute)
 
 

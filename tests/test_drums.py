@@ -3,6 +3,7 @@ end (threshold chosen on validation and stored in the checkpoint), and the noteb
 import json
 import math
 import re
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -245,3 +246,62 @@ def test_notebook_runs_on_tiny_data(drum_folder, monkeypatch):
     images = [o for o in outputs if "image/png" in o.get("data", {})]
     assert "kick_vs_rest" in text and "snare_vs_rest" in text and "liquid_s4" in text    # ran, or "skipping liquid_s4: ..."
     assert re.search(r"\| mlp +\|", markdown) and re.search(r"\| cnn +\|", markdown) and len(images) >= 3
+
+
+# ------------------------------------------------------------------ loop context: earlier hits' tails
+def test_loop_tails_add_an_earlier_hits_tail_at_the_gap():
+    hop_s, t, f = 0.01, 6, 4
+    silent = math.log(1e-6)
+    x = torch.full((3, t, f), silent)
+    x[:, 0] = 0.0                                               # each view: its own attack in frame 0
+    context = torch.full((2, 40, f), silent)
+    for p in range(2):
+        context[p, 10 + 2] = 1.0 + p                            # partner p: a marker 0.1 s + 2 frames after its start
+    cfg = au.AugmentConfig(loop_tail_prob=1.0, loop_gap=(0.1, 0.1), loop_tail_gain_db=(0.0, 0.0))
+    out = au.add_loop_tails(x, context, cfg, hop_s, torch.Generator().manual_seed(0))
+    assert torch.allclose(out[:, 0], x[:, 0], atol=1e-5)
+    marker = out[:, 2, 0]                                       # the tail lands 0.1 s later than it started
+    expected = [torch.logaddexp(torch.tensor(silent), torch.tensor(1.0 + p)) for p in range(2)]
+    assert all(any(torch.isclose(m, e) for e in expected) for m in marker)
+    # elsewhere silence met silence (power doubles) and the view's own attack is untouched
+    assert torch.allclose(out[:, 3:], x[:, 3:] + math.log(2.0), atol=1e-5)
+    assert torch.allclose(out[:, 1], x[:, 1] + math.log(2.0), atol=1e-5)
+    off = au.AugmentConfig(loop_tail_prob=0.0)
+    assert au.add_loop_tails(x, context, off, hop_s) is x
+    gain = au.AugmentConfig(loop_tail_prob=1.0, loop_gap=(0.1, 0.1), loop_tail_gain_db=(-10.0, -10.0))
+    quiet = au.add_loop_tails(x, context, gain, hop_s, torch.Generator().manual_seed(0))
+    assert torch.allclose(quiet[:, 2, 0], marker - math.log(10.0), atol=1e-3)    # -10 dB = power / 10
+
+
+def test_folder_dataset_builds_the_loop_context_of_onset_aligned_clips(drum_folder, tmp_path):
+    cfg = au.FeatureConfig(sample_rate=16000, n_fft=256, hop_length=64, n_mels=16, duration=0.1, n_frames=22,
+                           onset_align=True, onset_pre_ms=5.0)
+    aug = au.AugmentConfig(loop_tail_prob=1.0, loop_gap=(0.25, 0.5))
+    ds = au.folder_dataset(drum_folder, cfg, split="train", augment=aug, cache_dir=tmp_path)
+    plain = au.folder_dataset(drum_folder, cfg, split="train", augment=au.AugmentConfig(), cache_dir=tmp_path)
+    ctx_cfg = au.loop_context_config(cfg, aug)
+    assert ctx_cfg.duration == pytest.approx(0.1 + 0.5 + 2 * 64 / 16000)
+    assert ds.context.shape == (ds.num_clips, ctx_cfg.full_frames, 16) and plain.context is None
+    # the context starts where the clip's own crop starts (same onset), and continues past it
+    assert torch.allclose(ds.context[:, 1:cfg.full_frames - 2], ds.features[:, 1:cfg.full_frames - 2], atol=1e-4)
+    assert ds.subset([0, 2]).context.shape[0] == 2
+    x, y = ds.get_batch(list(range(ds.num_clips)), torch.Generator().manual_seed(1))
+    x0, _ = plain.get_batch(list(range(ds.num_clips)), torch.Generator().manual_seed(1))
+    assert x.shape == x0.shape and not torch.allclose(x, x0)
+    with pytest.raises(ValueError, match="onset-aligned"):
+        au.folder_dataset(drum_folder, replace(cfg, onset_align=False), split="train", augment=aug, cache_dir=tmp_path)
+    with pytest.raises(ValueError, match="context"):
+        au.FeatureDataset(ds.features, ds.labels, ds.class_names, cfg, augment=aug)
+
+
+def test_drum_recipe_crop_fits_between_hits_and_turns_loop_tails_on():
+    from training.cli import data_spec_from_args, parse_args
+    spec = data_spec_from_args(parse_args(["--recipe", str(REPO / "recipes" / "drums_cnn.yaml")]))
+    cfg = spec.feature_cfg()
+    aug = au.AugmentConfig.from_dict(spec.augment_config)
+    assert spec.kind == "folder" and cfg.onset_align and cfg.sample_rate == 44100
+    # a hit's crop ends (pre-roll before its onset + crop) before the segment of a hit 0.25 s later starts
+    # (pre-roll + the segmenter's 5-ms margin before it): a hit in a loop is cropped as its file alone
+    assert -cfg.onset_pre_ms / 1000 + cfg.duration <= 0.25 - (cfg.onset_pre_ms + 5.0) / 1000
+    assert aug.loop_tail_prob > 0 and aug.loop_gap[0] >= 0.25 and aug.time_shift_max == AUGMENT_PRESETS["drums"]["time_shift_max"]
+    assert cfg.n_frames <= cfg.full_frames

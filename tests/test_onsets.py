@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -355,3 +356,119 @@ def test_onset_strength_and_onsets_agree_with_librosa():
     assert len(lib) >= 4
     for t in lib:                                  # every hit librosa's offline peak picking finds, we find too
         assert np.abs(np.asarray(mine) / SR - t).min() <= 0.02, (t, np.asarray(mine) / SR)
+
+
+# ------------------------------------------------------------------ reported time: where the sound starts
+def _lead_in_hit(lead_ms: float, lead_level: float, silence_ms: float = 0.0) -> np.ndarray:
+    """``silence_ms`` of silence, then a soft noise lead-in of ``lead_ms`` at ``lead_level`` (of the peak), then a
+    sharp noise attack (peak 0.8) decaying over 40 ms: a pedal hi-hat's closing cymbals before the chick."""
+    rng = np.random.default_rng(3)
+    lead = lead_level * 0.8 * np.clip(rng.standard_normal(int(lead_ms * 1e-3 * SR)), -1, 1)
+    t = np.arange(int(0.2 * SR)) / SR
+    body = 0.8 * np.clip(rng.standard_normal(len(t)), -1, 1) * np.exp(-t / 0.04)
+    return np.concatenate([np.zeros(int(silence_ms * 1e-3 * SR)), lead, body]).astype(np.float32)
+
+
+def test_backtrack_reports_where_a_soft_lead_in_starts_and_keeps_the_crop_anchor():
+    n0 = int(0.3 * SR)
+    wave = np.zeros(int(1.0 * SR), np.float32)
+    hit = _lead_in_hit(lead_ms=15.0, lead_level=0.05)
+    wave[n0:n0 + len(hit)] += hit
+    attack = n0 + int(0.015 * SR)
+    plain = segments(wave, SR, 0.1, 5.0)
+    back = segments(wave, SR, 0.1, 5.0, params=OnsetParams(backtrack_ms=20.0))
+    assert len(plain) == len(back) == 1
+    assert abs(plain[0].onset - attack) <= 0.002 * SR and plain[0].time == plain[0].onset      # default: the attack
+    assert back[0].onset == plain[0].onset and back[0].start == plain[0].start                 # same crop
+    assert abs(back[0].time - n0) <= 0.002 * SR                                                # the lead-in's start
+    assert detect_onsets(wave, SR, OnsetParams(backtrack_ms=20.0))[0] == back[0].time
+    # the stream reports the same times
+    det = OnsetDetector(SR, 0.1, 5.0, params=OnsetParams(backtrack_ms=20.0))
+    streamed = [s for i in range(0, len(wave), 37) for s in det.feed(wave[i:i + 37])] + det.flush()
+    assert [(s.onset, s.time) for s in streamed] == [(s.onset, s.time) for s in back]
+
+
+def test_backtrack_never_includes_silence_or_an_earlier_hits_tail():
+    p = OnsetParams(backtrack_ms=20.0)
+    n0 = int(0.3 * SR)
+    wave = np.zeros(int(1.0 * SR), np.float32)
+    hit = _lead_in_hit(lead_ms=0.0, lead_level=0.0, silence_ms=12.0)       # 12 ms of silence, then the attack
+    wave[n0:n0 + len(hit)] += hit
+    seg = segments(wave, SR, 0.1, 5.0, params=p)
+    assert len(seg) == 1 and seg[0].time == seg[0].onset and abs(seg[0].onset - (n0 + int(0.012 * SR))) <= 0.002 * SR
+    # a soft hit while a loud earlier one rings on: no near-silence before it, so its time is its onset
+    rng = np.random.default_rng(0)
+    loud = synth_hit("noise", 0.9, rng, seconds=0.6)
+    wave = np.zeros(int(1.2 * SR), np.float32)
+    wave[n0:n0 + len(loud)] += loud
+    wave[n0 + int(0.25 * SR):][:int(0.2 * SR)] += _lead_in_hit(lead_ms=0.0, lead_level=0.0)[:int(0.2 * SR)]
+    segs = segments(wave, SR, 0.1, 5.0, params=p)
+    assert len(segs) == 2 and all(s.time == s.onset for s in segs)
+
+
+def test_backtrack_settings_are_checked():
+    with pytest.raises(ValueError, match="start_rise"):
+        OnsetParams(start_rise=0.5)
+    with pytest.raises(ValueError, match="backtrack_ms"):
+        OnsetParams(backtrack_ms=-1.0)
+
+
+def test_much_quieter_bursts_in_a_hits_decay_are_part_of_it():
+    """An electronic kick whose decay pulses (bursts 50 ms apart, 16 and 30 dB down) is one hit; an equally
+    loud hit 60 ms later, or a quiet one after mask_ms, is still a hit of its own."""
+    rng = np.random.default_rng(1)
+    t = np.arange(int(0.3 * SR)) / SR
+    kick = (0.9 * np.sin(2 * np.pi * 80 * t) * np.exp(-t / 0.008)).astype(np.float32)    # gone within 50 ms
+    wave = np.zeros(int(1.5 * SR), np.float32)
+    n0 = int(0.2 * SR)
+    wave[n0:n0 + len(kick)] += kick
+    for dt, db in ((0.05, -16.0), (0.095, -30.0)):
+        burst = synth_hit("noise", 0.9 * 10 ** (db / 20), rng, seconds=0.03)
+        n = n0 + int(dt * SR)
+        wave[n:n + len(burst)] += burst
+    assert len(detect_onsets(wave, SR)) == 1
+    assert len(detect_onsets(wave, SR, OnsetParams(mask_db=0.0))) >= 2           # without the rule: 2-3 hits
+    assert len(detect_onsets(wave, SR, OnsetParams(mask_ms=40.0))) >= 2
+    quiet_late = wave.copy()
+    n = n0 + int(0.5 * SR)
+    quiet_late[n:n + len(kick)] += 0.05 * kick                                    # 25 dB down, 0.5 s later
+    assert len(detect_onsets(quiet_late, SR)) == 2
+
+
+def test_onset_is_the_attack_not_an_earlier_swell_of_a_ringing_tail():
+    """A steady tone rings (0.3) with a 1.5-ms swell to 0.42 14 ms before a loud noise hit: the swell crosses
+    10 % of the rise, but no attack follows it within attack_ms, so the onset is the hit's own attack."""
+    rng = np.random.default_rng(0)
+    n = int(0.8 * SR)
+    t = np.arange(n) / SR
+    amp = np.full(n, 0.3)
+    n0 = int(0.5 * SR)
+    s0, s1 = n0 - int(0.014 * SR), n0 - int(0.0125 * SR)
+    amp[s0:s1] = 0.42
+    wave = amp * np.sin(2 * np.pi * 3000 * t)
+    m = int(0.1 * SR)
+    wave[n0:n0 + m] += 0.9 * np.clip(rng.standard_normal(m), -1, 1) * np.exp(-np.arange(m) / SR / 0.03)
+    wave = wave.astype(np.float32)
+    wide = OnsetParams(search_ms=28.0)
+    for p in (OnsetParams(), wide):
+        onsets = [o for o in detect_onsets(wave, SR, p) if abs(o - n0) < 0.03 * SR]
+        assert len(onsets) == 1 and abs(onsets[0] - n0) <= 0.001 * SR
+    early = [o for o in detect_onsets(wave, SR, replace(wide, attack_ms=0.0)) if abs(o - n0) < 0.03 * SR]
+    assert len(early) == 1 and early[0] <= s1                       # without the attack rule: the swell
+
+
+def test_a_change_of_colour_without_an_attack_is_not_a_hit():
+    """Ringing noise that turns brighter at the same level (an open cymbal's second swell) is no new hit;
+    the same change with a 6-dB attack is."""
+    rng = np.random.default_rng(0)
+    n, n0 = int(1.0 * SR), int(0.5 * SR)
+    low = np.convolve(rng.standard_normal(n), np.ones(8) / 8, mode="same")        # dull noise
+    bright = rng.standard_normal(n)
+    wave = np.where(np.arange(n) < n0, low / np.abs(low).max(), bright / np.abs(bright).max()) * 0.5
+    wave = wave.astype(np.float32)
+    near = lambda p, w: [o for o in detect_onsets(w, SR, p) if abs(o - n0) < 0.03 * SR]    # noqa: E731
+    assert near(OnsetParams(), wave) == []
+    assert len(near(OnsetParams(min_rise_db=0.0), wave)) == 1                     # the flux alone fires
+    louder = wave.copy()
+    louder[n0:] *= 2.0
+    assert len(near(OnsetParams(), louder)) == 1
