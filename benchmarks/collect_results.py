@@ -180,8 +180,8 @@ def attempts_table(path: Path) -> pd.DataFrame | None:
     if not path.exists():
         return None
     df = pd.read_csv(path, dtype={"budget": str}, keep_default_na=False)
-    def acc(x) -> str:          # an empty cell: that fold was not read for the attempt
-        return "not read" if x == "" else f"{float(x):g}"
+    def acc(x) -> str:          # an empty cell: that fold was not read; "trained": a refit trained on it
+        return {"": "not read", "trained": "trained on"}.get(x) or f"{float(x):g}"
 
     df["cell"] = [f"{acc(v)} / {acc(t)}" + (f" ({b})" if b else "") for v, t, b in zip(df.val_acc, df.test_acc, df.budget)]
     table = df.pivot(index="attempt", columns="model", values="cell").reindex(list(dict.fromkeys(df.attempt)))
