@@ -42,7 +42,8 @@ from training import plots, results  # noqa: E402
 from training.latency import parse_bench_inference, read_latency  # noqa: E402
 from training.plots import binomial_ci  # noqa: E402
 
-DEFAULT_ENSEMBLES = ("liquid_s4,mamba,vjepa2", "liquid_s4,mamba,vjepa2,cnn")
+DEFAULT_ENSEMBLES = ("liquid_s4,mamba,vjepa2", "liquid_s4,mamba,vjepa2,cnn",
+                     "liquid_s4+seeds,mamba+seeds,vjepa2+seeds", "liquid_s4+seeds,mamba+seeds,vjepa2+seeds,cnn+seeds")
 SEEDS = "+seeds"     # a member "NAME+seeds": the shipped checkpoint and checkpoints/seeds/NAME_esc50_seed*, averaged
 MARKERS = ("results", "attempts", "latency")
 
@@ -162,7 +163,8 @@ def results_table(found: dict, recipes: pd.DataFrame, latency: dict[str, float],
             "command": rec.get("command", "")})
     for e in ensembles:
         ci = binomial_ci(e.get("test_acc"), e.get("n_test"))
-        label = " + ".join(f"{m.removesuffix(SEEDS)} ({len(e['checkpoints'][m])} seeds)" if m.endswith(SEEDS) else m
+        label = " + ".join(f"{m.removesuffix(SEEDS)} ({len(e['checkpoints'][m])} seeds)"
+                           if m.endswith(SEEDS) and len(e["checkpoints"][m]) > 1 else m.removesuffix(SEEDS)
                            for m in e["members"])
         rows.append({"model": f"ensemble: {label} (mean probability)", "shipped checkpoint": "",
                      "params": "", "fold-4 val": _acc(e.get("val_acc")),
