@@ -102,13 +102,13 @@ def latency_from(bench_txt: Path, dest: Path, recorded: str | None = None) -> Pa
 def measure_ensembles(found: dict, data_dir: str, sets: list[list[str]], dest: Path) -> Path:
     from training.ensemble import ensemble_accuracy
 
-    out = []
+    out, cache = [], {}          # each checkpoint evaluated once per fold, whatever ensembles share it
     for members in sets:
-        missing = [m for m in members if m.removesuffix(SEEDS) not in found or found[m.removesuffix(SEEDS)].checkpoint is None]
+        missing = [m for m in members if getattr(found.get(m.removesuffix(SEEDS)), "checkpoint", None) is None]
         if missing:
             raise UsageError(f"ensemble {'+'.join(members)}: no shipped checkpoint for {', '.join(missing)}")
         cks = {m: member_checkpoints(found, m) for m in members}
-        val, test = ensemble_accuracy(cks, data_dir, folds=[4]), ensemble_accuracy(cks, data_dir, folds=[5])
+        val, test = (ensemble_accuracy(cks, data_dir, folds=[f], cache=cache) for f in (4, 5))
         out.append({"members": members, "val_acc": val["acc"], "test_acc": test["acc"], "n_val": val["n"],
                     "n_test": test["n"], "test_macro_f1": test["macro_f1"],
                     "member_val_acc": val["member_acc"], "member_test_acc": test["member_acc"],

@@ -159,7 +159,7 @@ def test_every_results_file_the_readme_and_attempts_cite_is_tracked():
     assert not missing, f"cited but not tracked: {missing}"
 
 
-def test_a_seed_member_is_the_mean_of_its_runs_and_weighs_like_one_member(esc50_flac, tmp_path):
+def test_a_seed_member_is_the_mean_of_its_runs_and_weighs_like_one_member(esc50_flac, tmp_path, monkeypatch):
     import numpy as np
 
     from training import cli
@@ -180,6 +180,14 @@ def test_a_seed_member_is_the_mean_of_its_runs_and_weighs_like_one_member(esc50_
     expected = multiclass_metrics(((p0 + p1) / 2 + p0) / 2, y, meta["class_names"])
     assert res["acc"] == expected["accuracy"]
     assert res["member_acc"]["seeds"] == float((((p0 + p1) / 2).argmax(1) == y).mean())
+    # a shared cache evaluates each checkpoint once, whatever ensembles share it
+    import training.ensemble as ens_mod
+    calls = []
+    real = ens_mod.fold_probabilities
+    cache: dict = {}
+    monkeypatch.setattr(ens_mod, "fold_probabilities", lambda *a, **k: calls.append(a[0]) or real(*a, **k))
+    again = [ensemble_accuracy({"seeds": cks, "one": cks[0]}, esc50_flac, folds=[5], cache=cache) for _ in range(2)]
+    assert len(calls) == 2 and all(a["acc"] == res["acc"] for a in again)
 
     # NAME+seeds: the shipped checkpoint and checkpoints/seeds/NAME_esc50_seed*
     import importlib.util

@@ -3,9 +3,10 @@
 
 For every requested fold ``k`` the runner trains with fold ``k`` as the test split, the next fold
 (``k % 5 + 1``) as the validation split (model selection / early stopping) and the other three
-folds as the training split; with ``--no-val`` (the published ESC-50 protocol) on the four other folds
-with no validation split, the last weights being the model (``--select last``), into ``<out>/fold<k>/`` (``best.safetensors``, ``last.pt``,
-``history.*``, ``metrics.json``, ``curves.png``, exactly as ``train.py`` writes them). It then
+folds as the training split (with ``--no-val``, the published ESC-50 protocol: the four other folds,
+no validation split, the last weights, ``--select last``), into ``<out>/fold<k>/``
+(``best.safetensors``, ``last.pt``, ``history.*``, ``metrics.json``, ``curves.png``, exactly as
+``train.py`` writes them). It then
 collects every finished fold into ``<out>/cv_results.json`` and ``<out>/cv_results.csv``
 (per-fold table plus mean and standard deviation of the test accuracy) and prints the table.
 
@@ -154,9 +155,9 @@ def run_folds(model_name: str, base_spec, cfg, out: str | Path, folds=ALL_FOLDS,
     out = Path(out)
     results: dict[int, dict] = {}
     for fold in folds:
-        train_f, val_f, test_f = fold_split(fold, val=val)
         d = fold_dir(out, fold)
         spec = _fold_spec(base_spec, fold, val)
+        train_f, val_f = spec.train_folds, spec.val_folds
         if resume and is_finished(out, fold):
             from training import run_dir
             from training.runner import checked_model_config

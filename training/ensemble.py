@@ -16,8 +16,9 @@ def fold_probabilities(checkpoint: str | os.PathLike, data_root: str | os.PathLi
                        folds: Sequence[int] | None = None, batch_size: int = 32,
                        n_crops: int | None = None) -> tuple[np.ndarray, np.ndarray, dict]:
     """Class probabilities of a checkpoint on ESC-50 fold(s) (default: its test folds), evaluated as
-    its training run evaluated, in the precision inference serves it with (the whole clip, or the mean of ``train_config.eval_crops`` crops of
-    ``train_config.crop`` seconds; ``n_crops`` overrides the number). Returns ``(probs, labels, meta)``."""
+    its training run evaluated (the whole clip, or the mean of ``train_config.eval_crops`` crops of
+    ``train_config.crop`` seconds; ``n_crops`` overrides the number), in the precision inference serves
+    it with (``training.engine.serving_amp``). Returns ``(probs, labels, meta)``."""
     import audio_utils as au
     from training.checkpoint import build_from_checkpoint
     from training.engine import crop_frames_for, predict_proba, serving_amp
@@ -40,23 +41,29 @@ def fold_probabilities(checkpoint: str | os.PathLike, data_root: str | os.PathLi
 
 
 def ensemble_accuracy(checkpoints: dict[str, str | os.PathLike | Sequence[str | os.PathLike]],
-                      data_root: str | os.PathLike, folds: Sequence[int] | None = None) -> dict:
+                      data_root: str | os.PathLike, folds: Sequence[int] | None = None,
+                      cache: dict | None = None) -> dict:
     """Accuracy of the mean of the members' probabilities on ``folds`` (and of each member alone).
 
     ``checkpoints``: ``{member name: checkpoint path}``, or ``{member name: [paths]}`` for a member
     that is itself the mean of several runs (seeds of one recipe): each member weighs the same, however
-    many runs it averages. Returns ``{"members", "folds", "n", "member_acc", "acc", "macro_f1",
-    "per_class_accuracy"}``.
+    many runs it averages. ``cache`` (a dict kept by the caller) keeps each checkpoint's probabilities
+    per folds, so that ensembles sharing members evaluate each checkpoint once. Returns ``{"members",
+    "folds", "n", "member_acc", "acc", "macro_f1", "per_class_accuracy"}``.
     """
     from training.metrics import multiclass_metrics
 
     if not checkpoints:
         raise ValueError("an ensemble needs at least one member")
+    cache = {} if cache is None else cache
     probs, labels, class_names = {}, None, None
     for m, cks in checkpoints.items():
         runs = []
         for ck in ([cks] if isinstance(cks, (str, os.PathLike)) else list(cks)):
-            p, y, meta = fold_probabilities(ck, data_root, folds)
+            key = (str(ck), tuple(folds) if folds else None)
+            if key not in cache:
+                cache[key] = fold_probabilities(ck, data_root, folds)
+            p, y, meta = cache[key]
             if labels is not None and not np.array_equal(labels, y):
                 raise ValueError(f"{m}: labels differ from the other members'")
             runs.append(p)
