@@ -104,6 +104,22 @@ def test_cli_errors(esc50_flac, tmp_path, capsys):
         cv.main(["--help"])
 
 
+def test_a_recipe_with_its_own_fold_split_runs_under_cv(esc50_flac, tmp_path, capsys):
+    """The shipped recipes name one run's folds (train 1-3, val 4); the CV runner replaces them."""
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("model: mlp\npreset: tiny\ntrain_folds: [1, 2, 3]\nval_folds: [4]\ntest_folds: []\n"
+                      "train:\n  select: last\n  epochs: 1\n")
+    out = tmp_path / "cv"
+    args = ["--recipe", str(recipe), "--data-dir", str(esc50_flac), "--batch-size", "6", "--no-augment",
+            "--expansion", "1", "--mixup", "0", "--threads", "1", "--no-progress", "--out", str(out)]
+    assert cv.main([*args, "--no-val", "--folds", "2"]) == 0
+    meta = read_meta(out / "fold2" / "best.safetensors")
+    assert meta["dataset"]["train_folds"] == [1, 3, 4, 5] and meta["dataset"]["test_folds"] == [2]
+    with pytest.raises(SystemExit):                  # on the command line they are still refused
+        cv.main([*args, "--folds", "2", "--val-folds", "4"])
+    assert "sets the folds itself" in capsys.readouterr().err
+
+
 def test_four_training_folds_without_validation(esc50_flac, tmp_path, capsys, monkeypatch):
     assert cv.fold_split(2, val=False) == ((1, 3, 4, 5), (), (2,))
     out = tmp_path / "cv4"

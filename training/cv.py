@@ -99,8 +99,10 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def _validate(args, parser: argparse.ArgumentParser) -> None:
-    given = [f"--{f.replace('_', '-')}" for f in FOLD_FLAGS if getattr(args, f) is not None]
+def _validate(args, parser: argparse.ArgumentParser, explicit: set[str]) -> None:
+    """Check the CV flags. Fold flags given on the command line are refused; a recipe's fold split
+    (which describes one run) is replaced fold by fold."""
+    given = [f"--{f.replace('_', '-')}" for f in FOLD_FLAGS if f in explicit]
     if given:
         parser.error(f"{', '.join(given)}: the CV runner sets the folds itself; use --folds to choose test folds")
     bad = [f for f in args.folds if f not in ALL_FOLDS]
@@ -273,7 +275,7 @@ def main(argv=None) -> int:
     def body() -> int:
         parser = build_parser()
         args = cli.parse_args(argv, build_parser, require_model=False)
-        _validate(args, parser)
+        _validate(args, parser, cli.explicit_dests(build_parser, argv))
         out = Path(args.out) if args.out else None
         if not args.summarise:
             val = not args.no_val
