@@ -37,7 +37,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import audio_utils as au  # noqa: E402
-from classify.onsets import OnsetDetector, classify_hits, format_hit, stream_hits  # noqa: E402
+from classify.onsets import OnsetDetector, classify_hits, format_hit, onset_params, stream_hits  # noqa: E402
 from training.checkpoint import atomic_write  # noqa: E402
 
 
@@ -68,6 +68,16 @@ def build_loop(files, waves, leads, rng, n_hits: int, sr: int, choke: bool):
     return wave, pick, placed, onsets
 
 
+def describe_loop(hits, m, placed, files, alone, sr: int) -> list[str]:
+    """One line per placed hit (its detection as the CLI prints it, or "(missed)") and per extra detection."""
+    out = []
+    for i, (n, f) in enumerate(zip(placed, files)):
+        got = format_hit(hits[m[i]], 6) if m[i] is not None else "(missed)"
+        out.append(f"    {got:<24}  placed {n / sr:.3f} s  {Path(f).parent.name}/{Path(f).name}  alone: {alone[i]}")
+    out.extend(f"    {format_hit(h, 6):<24}  (no hit placed there)" for j, h in enumerate(hits) if j not in set(m))
+    return out
+
+
 def match(detected: np.ndarray, truth: list[int], tol: int) -> list[int | None]:
     """One-to-one matching, nearest first: for each true hit the index of its detection or None."""
     pairs = sorted((abs(int(d) - t), j, i) for i, t in enumerate(truth) for j, d in enumerate(detected)
@@ -93,7 +103,7 @@ def run_set(root: Path, pred, predict_waveform, args, lines: list[str], choke: b
         # each file alone through the hit path: its first hit's time is the file's own onset (by the same
         # rule as in a loop); a file without a hit falls back to find_onset
         alone_hits = [classify_hits(w, sr, predict_waveform, pred.cfg.duration, pred.cfg.onset_pre_ms,
-                                    pred.class_names) for w in waves]
+                                    pred.class_names, params=args.params) for w in waves]
         leads = [int(round(hs[0].time_s * sr)) if hs else au.find_onset(torch.from_numpy(w), sr, pre_ms=0.0)
                  for hs, w in zip(alone_hits, waves)]
         cache[root] = files, labels, waves, leads, alone, alone_hits
@@ -120,16 +130,16 @@ def run_set(root: Path, pred, predict_waveform, args, lines: list[str], choke: b
     for loop in range(args.loops):
         wave, pick, placed, onsets = build_loop(files, waves, leads, rng, args.hits, sr, choke)
         t0 = time.perf_counter()
-        hits = classify_hits(wave, sr, predict_waveform, crop, pre, pred.class_names)
+        hits = classify_hits(wave, sr, predict_waveform, crop, pre, pred.class_names, params=args.params)
         compute.append(time.perf_counter() - t0)
         audio_s += len(wave) / sr
         det = np.array([int(round(h.time_s * sr)) for h in hits], dtype=np.int64)
         m = match(det, onsets, tol)
         mp = match(det, placed, tol)
-        loops_ok += len(hits) == len(placed) and all(j is not None and hits[j].label == alone[pick[i]]
-                                                      for i, j in enumerate(mp))
+        ok = len(hits) == len(placed) and all(j is not None and hits[j].label == alone[pick[i]] for i, j in enumerate(mp))
         loops_ok_onset += len(hits) == len(placed) and all(j is not None and hits[j].label == alone[pick[i]]
                                                             for i, j in enumerate(m))
+        loops_ok += ok
         n_true += len(onsets)
         n_det += len(hits)
         for i, j in enumerate(m):
@@ -146,21 +156,16 @@ def run_set(root: Path, pred, predict_waveform, args, lines: list[str], choke: b
             plot_timeline(args.plot, wave, sr, hits=hits,
                           title=f"{root.name}: loop 0 ({'choked' if choke else 'tails ring on'})")
             cache["plotted"] = True
-        if loop == 0:
-            lines.append(f"  loop 0 ({len(wave) / sr:.2f} s): detected hits, as the CLI prints them, with the truth")
-            for i, (n, f) in enumerate(zip(placed, (files[k] for k in pick))):
-                j = m[i]
-                got = format_hit(hits[j], 6) if j is not None else "(missed)"
-                lines.append(f"    {got:<24}  placed {n / sr:.3f} s  {Path(f).parent.name}/{Path(f).name}"
-                             f"  alone: {alone[pick[i]]}")
-            extra = [h for j, h in enumerate(hits) if j not in set(m)]
-            lines.extend(f"    {format_hit(h, 6):<24}  (no hit placed there)" for h in extra)
+        if loop == 0 or (args.verbose and not ok):
+            lines.append(f"  loop {loop} ({len(wave) / sr:.2f} s): detected hits, as the CLI prints them, with the truth"
+                         f"{'' if ok else ' (fails the done-when)'}")
+            lines.extend(describe_loop(hits, m, placed, [files[k] for k in pick], [alone[k] for k in pick], sr))
     # streaming: the first loop again, fed in small chunks
     rng = np.random.default_rng(args.seed)
     wave, _, _, _ = build_loop(files, waves, leads, rng, args.hits, sr, choke)
-    offline = classify_hits(wave, sr, predict_waveform, crop, pre, pred.class_names)
+    offline = classify_hits(wave, sr, predict_waveform, crop, pre, pred.class_names, params=args.params)
     chunks = (wave[i:i + args.chunk] for i in range(0, len(wave), args.chunk))
-    streamed = list(stream_hits(chunks, sr, predict_waveform, crop, pre, pred.class_names))
+    streamed = list(stream_hits(chunks, sr, predict_waveform, crop, pre, pred.class_names, params=args.params))
     same = [(h.time_s, h.label) for h in streamed] == [(h.time_s, h.label) for h in offline] and all(
         np.allclose(a.probs, b.probs, rtol=0, atol=1e-6) for a, b in zip(streamed, offline))
     # the last hit is completed by the end of the stream, not by its crop: leave it out of the delay
@@ -219,9 +224,17 @@ def main(argv=None) -> int:
     p.add_argument("--tolerance-ms", type=float, default=10.0)
     p.add_argument("--chunk", type=int, default=256, help="stream chunk size in samples")
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--onset", metavar="KEY=VALUE", action="append",
+                   help="an onset detector setting (classify.onsets.OnsetParams), repeatable, as inference.py --onset")
+    p.add_argument("--verbose", action="store_true", help="also list every loop that fails the done-when")
     p.add_argument("--out", help="also write the report here")
     p.add_argument("--plot", help="timeline picture (PNG) of the first loop of the first set")
     args = p.parse_args(argv)
+    try:
+        args.params = onset_params(args.onset)
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     torch.set_num_threads(args.threads)
     pred, predict_waveform = load_predictor(args.checkpoint)
     if not pred.cfg.onset_align:

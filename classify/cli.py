@@ -56,7 +56,7 @@ import torch
 
 import audio_utils as au
 from classify.evaluate import finite, format_evaluation, run_evaluation
-from classify.onsets import classify_hits, print_hits, stream_hits
+from classify.onsets import OnsetParams, classify_hits, onset_params, print_hits, stream_hits
 from classify.predictor import CHECKPOINT_DIR, Predictor, resolve_checkpoint
 from classify.sources import (FileResult, ModelError, UsageError, check_window, classify_files, display, err,
                               expand_inputs, limit_samples, non_finite_message, one_line, read_microphone, read_pcm,
@@ -192,13 +192,15 @@ def run_stream(pred: Predictor, chunks: Iterable[np.ndarray], rate: int, window:
 # --------------------------------------------------------------------------------------------
 # Drum hits (onset-aligned checkpoints): one line per detected hit
 # --------------------------------------------------------------------------------------------
-def hit_kwargs(pred: Predictor) -> dict:
-    """How an onset checkpoint's hits are cropped: exactly as training crops a one-shot."""
+def hit_kwargs(pred: Predictor, params: OnsetParams | None = None) -> dict:
+    """How an onset checkpoint's hits are found (``params``: the detector's settings) and cropped:
+    exactly as training crops a one-shot."""
     return dict(predict_segment=pred.predict_waveform, crop_seconds=pred.cfg.duration,
-                pre_ms=pred.cfg.onset_pre_ms, class_names=pred.class_names)
+                pre_ms=pred.cfg.onset_pre_ms, class_names=pred.class_names, params=params)
 
 
-def run_hits(pred: Predictor, paths, k: int, as_json: bool, plot: str | None, out=None) -> int:
+def run_hits(pred: Predictor, paths, k: int, as_json: bool, plot: str | None, out=None,
+             params: OnsetParams | None = None) -> int:
     """Every hit of every file: ``0.512 s  snare  0.93`` (or one JSON object per hit). A one-shot file
     is one hit, scored exactly as ``--evaluate`` scores it."""
     out = out or sys.stdout
@@ -215,7 +217,7 @@ def run_hits(pred: Predictor, paths, k: int, as_json: bool, plot: str | None, ou
             continue
         if not as_json:
             print(f"{display(path)}  [{len(wave) / pred.sample_rate:.2f} s]", file=out, flush=True)
-        hits = print_hits(classify_hits(wave, pred.sample_rate, **hit_kwargs(pred)), out=out, as_json=as_json,
+        hits = print_hits(classify_hits(wave, pred.sample_rate, **hit_kwargs(pred, params)), out=out, as_json=as_json,
                           class_names=pred.class_names, top_k=k, source=str(path))
         if not hits:
             err(f"warning: {display(path)}: no hit detected")
@@ -286,6 +288,8 @@ def build_parser() -> argparse.ArgumentParser:
                    "spectrogram with its hits (onset checkpoints) or window labels (clip checkpoints)")
     o.add_argument("--per-file", action="store_true", help="onset (drum) checkpoints: one crop per file at its "
                    "first onset, as --evaluate scores it, instead of one line per detected hit")
+    o.add_argument("--onset", metavar="KEY=VALUE", action="append", help="onset (drum) checkpoints: an onset "
+                   "detector setting (classify.onsets.OnsetParams, e.g. threshold=2.5), repeatable")
     w = p.add_argument_group("long audio (clip-trained checkpoints)")
     w.add_argument("--window", type=_positive(float), help="window length in seconds for files longer than it "
                    "(default and maximum: the checkpoint's clip duration; at least 0.01)")
@@ -346,10 +350,13 @@ def _run(args) -> int:
         raise UsageError("--window: this checkpoint crops every file once at its first onset, as in training; "
                          "sliding windows are for clip-trained checkpoints")
     hits = pred.cfg.onset_align and not args.per_file
+    if args.onset and not hits:
+        raise UsageError("--onset: only for hit detection (an onset-aligned checkpoint, without --per-file)")
+    params = onset_params(args.onset)
     if args.plot and (args.stream or args.mic or len(args.paths) != 1 or Path(args.paths[0]).is_dir()):
         raise UsageError("--plot draws one file: give exactly one audio file")
     if hits and not (args.stream or args.mic):
-        return run_hits(pred, args.paths, args.top_k, args.json, args.plot)
+        return run_hits(pred, args.paths, args.top_k, args.json, args.plot, params=params)
     window = args.window or pred.cfg.duration
     hop = args.hop or window / 2
     check_window(window, hop, rate, pred.cfg.duration)
@@ -366,7 +373,7 @@ def _run(args) -> int:
                 chunks = limit_samples(chunks, int(args.max_seconds * rate))
             source = "stdin"
         if hits:
-            done = print_hits(stream_hits(chunks, rate, model_rate=pred.sample_rate, **hit_kwargs(pred)),
+            done = print_hits(stream_hits(chunks, rate, model_rate=pred.sample_rate, **hit_kwargs(pred, params)),
                               as_json=args.json, class_names=pred.class_names, top_k=args.top_k, source=source)
             if not done:
                 err(f"warning: {source}: no hit detected")

@@ -54,7 +54,7 @@ import torch
 
 from audio_utils import resample
 
-__all__ = ["OnsetParams", "OnsetDetector", "Segment", "Hit", "segments", "detect_onsets", "classify_hits",
+__all__ = ["OnsetParams", "onset_params", "suppress_tail", "OnsetDetector", "Segment", "Hit", "segments", "detect_onsets", "classify_hits",
            "stream_hits", "format_hit", "hit_record", "print_hits"]
 
 PredictSegment = Callable[[torch.Tensor], np.ndarray]
@@ -85,10 +85,13 @@ class OnsetParams:
     env_ms: float = 10.0          # trailing-maximum window of the amplitude envelope used for that level
     attack_ms: float = 10.0       # ... counting only a crossing followed within this time (0: any crossing)
     attack_rise: float = 0.3      # ... by this fraction of the rise (skips fluctuations of an earlier hit's tail)
-    backtrack_ms: float = 0.0     # > 0: the reported time goes back up to this far, to where the sound starts:
+    backtrack_ms: float = 25.0    # > 0: the reported time goes back up to this far, to where the sound starts:
     start_rise: float = 0.03      # the first sample of the run up to the onset above this fraction of the peak ...
     start_gap_ms: float = 2.5     # ... from the quietest point before it (zero crossings shorter than this bridged),
     start_silence: float = 0.01   # when that point is below this fraction of the peak (silence, not a ringing tail)
+    tail_subtract: float = 2.0    # > 0: an earlier hit's ringing tail is subtracted from the segment (spectral
+    tail_floor_db: float = -20.0  # subtraction, this factor times the tail's power, gain floor in dB) ...
+    context_ms: float = 25.0      # ... its spectrum estimated from this much audio before the segment
 
     def __post_init__(self):
         for name in ("frame_ms", "hop_ms", "min_gap_ms", "mean_ms", "peak_ms", "lookahead_ms"):
@@ -107,8 +110,24 @@ class OnsetParams:
             raise ValueError(f"onset detector: start_rise must be in (0, rise], got {self.start_rise}")
         if not 0 < self.start_silence <= self.start_rise:
             raise ValueError(f"onset detector: start_silence must be in (0, start_rise], got {self.start_silence}")
-        if not all(getattr(self, n) >= 0 for n in ("backtrack_ms", "start_gap_ms", "mask_ms", "mask_db", "min_rise_db")):
-            raise ValueError("onset detector: backtrack_ms, start_gap_ms, mask_ms, mask_db and min_rise_db must be >= 0")
+        if not all(getattr(self, n) >= 0 for n in ("backtrack_ms", "start_gap_ms", "mask_ms", "mask_db", "min_rise_db",
+                                                    "tail_subtract", "context_ms")):
+            raise ValueError("onset detector: backtrack_ms, start_gap_ms, mask_ms, mask_db, min_rise_db, tail_subtract "
+                             "and context_ms must be >= 0")
+        if not self.tail_floor_db <= 0:
+            raise ValueError(f"onset detector: tail_floor_db must be <= 0, got {self.tail_floor_db}")
+
+
+def onset_params(items: list[str] | None, flag: str = "--onset") -> OnsetParams:
+    """``OnsetParams`` from ``KEY=VALUE`` strings (a repeatable CLI flag), checked: a bad key, type or
+    value is a one-line :class:`training.options.OptionError`."""
+    from training.options import OptionError, check_dataclass, parse_pairs
+
+    values = check_dataclass(OnsetParams, parse_pairs(items, flag), "onset detector", flag)
+    try:
+        return OnsetParams(**values)
+    except ValueError as exc:
+        raise OptionError(f"{flag}: {exc}") from None
 
 
 @dataclass
@@ -121,6 +140,8 @@ class Segment:
     audio: np.ndarray             # float32, ``end - start`` samples
     ready_at: int                 # stream position (samples received) when the segment was complete
     time: int = -1                # where the hit's sound starts (the reported time); -1: ``onset``
+    context: np.ndarray | None = None   # up to ``context_ms`` of audio before ``start``, after the previous hit's
+                                        # onset + ``min_gap_ms``; None for the first hit
 
     def __post_init__(self):
         if self.time < 0:
@@ -180,7 +201,9 @@ class OnsetDetector:
         self.search = min(ms(p.search_ms), self.win + self.hop)
         self.backtrack = int(round(p.backtrack_ms * 1e-3 * sr))
         self.start_gap = max(1, int(round(p.start_gap_ms * 1e-3 * sr)))
-        self.lookback = self.win + self.hop + self.env_len + self.backtrack + self.start_gap  # a decision looks back
+        self.context = int(round(p.context_ms * 1e-3 * sr))
+        self.lookback = (self.win + self.hop + self.env_len + self.backtrack + self.start_gap  # a decision looks back
+                         + self.context)                                                     # and a segment's context
         self.window = np.hanning(self.win + 2)[1:-1]                                        # no zero ends
         self.fb = _mel_bank(sr, self.win, p.n_bands, p.f_min, p.f_max)
         self.scale = 1.0 / np.square(self.window.sum() / 2)                # a full-scale sine -> about 0 dB
@@ -198,6 +221,7 @@ class OnsetDetector:
         self.recent_energy: list[float] = [-200.0] * self.n_mean
         self.decided = 0                                         # frames whose hit/no-hit decision is made
         self.last_onset = -10 ** 9
+        self.last_emitted = -10 ** 9                             # onset of the last segment emitted
         self.last_peak = 0.0                                     # peak amplitude of the last hit
         self.pending: list[int] = []                             # onsets whose segment is not complete yet
         self.times: dict[int, int] = {}                          # onset -> where its sound starts
@@ -369,7 +393,13 @@ class OnsetDetector:
                 break
             end = min(end, self.total)
             audio = self._sample(start, end).astype(np.float32)
-            out.append(Segment(onset, start, end, audio, ready_at=self.total, time=self.times.pop(onset, onset)))
+            context = None                            # the first hit: nothing rings on before it
+            if self.last_emitted > -10 ** 9:
+                ctx_lo = min(start, max(start - self.context, self.last_emitted + self.min_gap, self.buf_start))
+                context = self._sample(ctx_lo, start).astype(np.float32)
+            out.append(Segment(onset, start, end, audio, ready_at=self.total, time=self.times.pop(onset, onset),
+                               context=context))
+            self.last_emitted = onset
             self.pending.pop(0)
         self._trim()
         return out
@@ -377,7 +407,7 @@ class OnsetDetector:
     def _trim(self) -> None:
         keep = self._frame_end(self.decided) - self.lookback - self.hop - self.pre - self.margin
         if self.pending:
-            keep = min(keep, max(0, self.pending[0] - self.pre - self.margin))
+            keep = min(keep, max(0, self.pending[0] - self.pre - self.margin) - self.context)
         keep = min(keep, self._frame_end(self.n_frames) - self.win)     # the next frame's samples
         drop = keep - self.buf_start
         if drop > 0:
@@ -419,9 +449,41 @@ def detect_onsets(wave, sample_rate: int, params: OnsetParams | None = None) -> 
     return np.asarray([s.time for s in segments(wave, sample_rate, 0.1, 0.0, 0.0, params)], dtype=np.int64)
 
 
+def suppress_tail(seg: Segment, sample_rate: int, params: OnsetParams) -> np.ndarray:
+    """``seg.audio`` without the ringing tail of an earlier hit: spectral subtraction of the tail's power
+    spectrum, estimated from the last frames before the onset (``seg.context`` and the segment's pre-roll;
+    about 10-ms frames, a quarter hop), times
+    ``tail_subtract``, with a gain floor of ``tail_floor_db``; the phase is kept. Unchanged (the very same
+    array) for the first hit (a one-shot file is one), when the audio before the onset is silent (below
+    ``start_silence`` x the segment's peak: a hit after silence) or shorter than one frame, or with the
+    subtraction off."""
+    x = seg.audio
+    n_fft = 1 << int(round(math.log2(0.01 * sample_rate)))
+    if seg.context is None:                   # the first hit (a one-shot file): nothing rings on before it
+        return x
+    ctx = seg.context
+    before = np.concatenate([ctx, x[:max(0, seg.onset - seg.start)]])    # everything before the onset
+    if params.tail_subtract <= 0 or len(before) < n_fft or len(x) <= n_fft:
+        return x
+    peak = float(np.abs(x).max())
+    if peak <= 0 or len(ctx) == 0 or float(np.abs(ctx).max()) < params.start_silence * peak:
+        return x
+    hop = n_fft // 4
+    win = torch.hann_window(n_fft, dtype=torch.float64)
+    c = torch.stft(torch.from_numpy(before).double(), n_fft, hop, window=win, center=False, return_complex=True)
+    spec = torch.stft(torch.from_numpy(x).double(), n_fft, hop, window=win, center=True, return_complex=True)
+    power = (spec.abs() ** 2).clamp_min(1e-30)
+    # the tail's level at the onset: per frequency the minimum of the last four frames before it (less is
+    # subtracted where a tail stops just before the hit, as in a choked loop)
+    tail = (c.abs() ** 2)[:, -4:].amin(dim=1, keepdim=True)
+    gain = torch.sqrt((1 - params.tail_subtract * tail / power).clamp_min(10 ** (params.tail_floor_db / 10)))
+    y = torch.istft(spec * gain, n_fft, hop, window=win, center=True, length=len(x))
+    return y.float().numpy()
+
+
 def _predict(seg: Segment, sample_rate: int, model_rate: int | None, predict_segment: PredictSegment,
-             class_names: Sequence[str]) -> Hit:
-    x = torch.from_numpy(seg.audio)
+             class_names: Sequence[str], params: OnsetParams | None = None) -> Hit:
+    x = torch.from_numpy(suppress_tail(seg, sample_rate, params or OnsetParams()))
     if model_rate and model_rate != sample_rate:
         x = resample(x, sample_rate, model_rate)
     t0 = time.perf_counter()
@@ -443,8 +505,9 @@ def classify_hits(wave, sample_rate: int, predict_segment: PredictSegment, crop_
     ``crop_seconds`` / ``pre_ms``: the checkpoint's ``duration`` / ``onset_pre_ms``. ``model_rate``:
     the checkpoint's sample rate when ``wave`` is at another ``sample_rate`` (segments are resampled).
     """
+    params = params or OnsetParams()
     segs = segments(wave, sample_rate, crop_seconds, pre_ms, margin_ms, params)
-    return [_predict(s, sample_rate, model_rate, predict_segment, class_names) for s in segs]
+    return [_predict(s, sample_rate, model_rate, predict_segment, class_names, params) for s in segs]
 
 
 def stream_hits(chunks: Iterable, sample_rate: int, predict_segment: PredictSegment, crop_seconds: float,
@@ -455,9 +518,9 @@ def stream_hits(chunks: Iterable, sample_rate: int, predict_segment: PredictSegm
     det = OnsetDetector(sample_rate, crop_seconds, pre_ms, margin_ms, params)
     for chunk in chunks:
         for seg in det.feed(_as_numpy(np.asarray(chunk).reshape(-1))):
-            yield _predict(seg, sample_rate, model_rate, predict_segment, class_names)
+            yield _predict(seg, sample_rate, model_rate, predict_segment, class_names, det.params)
     for seg in det.flush():
-        yield _predict(seg, sample_rate, model_rate, predict_segment, class_names)
+        yield _predict(seg, sample_rate, model_rate, predict_segment, class_names, det.params)
 
 
 # --------------------------------------------------------------------------------------------

@@ -12,7 +12,7 @@ import torch
 import audio_utils as au
 import models
 from classify.onsets import (Hit, OnsetDetector, OnsetParams, classify_hits, detect_onsets, format_hit, hit_record,
-                             print_hits, segments, stream_hits)
+                             print_hits, segments, stream_hits, suppress_tail)
 from classify.timeline import plot_timeline
 from training.checkpoint import save_checkpoint
 from training.engine import amp_dtype, autocast
@@ -229,10 +229,13 @@ def test_cli_prints_one_line_per_hit_with_its_time_and_streams_the_same(tmp_path
     assert len(recs) == len(placed)
     assert max(abs(r["time_s"] - n / SR) for r, n in zip(recs, placed)) <= 0.010
     assert (tmp_path / "loop.png").stat().st_size > 10_000
-    for r in recs:        # each hit alone: its segment of the loop, classified as a one-shot
+    lib = classify_hits(wave, SR, predict_waveform, CFG.duration, CFG.onset_pre_ms, KINDS)
+    for r, h in zip(recs, lib):   # each hit alone: its segment of the loop, classified as a one-shot
         a, b = (int(round(t * SR)) for t in r["segment_s"])
         probs = predict_waveform(torch.from_numpy(wave[a:b]))
-        assert r["label"] == KINDS[int(probs.argmax())] and r["prob"] == pytest.approx(float(probs.max()), abs=1e-5)
+        assert r["label"] == KINDS[int(probs.argmax())] == h.label
+        # (an earlier hit's tail is subtracted first: the probabilities are the library's)
+        assert r["prob"] == pytest.approx(h.prob, abs=1e-5) and r["time_s"] == pytest.approx(h.time_s, abs=1e-6)
     assert main(["--checkpoint", str(ckpt), str(f)]) == 0
     lines = capsys.readouterr().out.splitlines()
     assert lines[0] == f"{f}  [2.60 s]" and len(lines) == len(placed) + 1
@@ -375,10 +378,10 @@ def test_backtrack_reports_where_a_soft_lead_in_starts_and_keeps_the_crop_anchor
     hit = _lead_in_hit(lead_ms=15.0, lead_level=0.05)
     wave[n0:n0 + len(hit)] += hit
     attack = n0 + int(0.015 * SR)
-    plain = segments(wave, SR, 0.1, 5.0)
+    plain = segments(wave, SR, 0.1, 5.0, params=OnsetParams(backtrack_ms=0.0))
     back = segments(wave, SR, 0.1, 5.0, params=OnsetParams(backtrack_ms=20.0))
     assert len(plain) == len(back) == 1
-    assert abs(plain[0].onset - attack) <= 0.002 * SR and plain[0].time == plain[0].onset      # default: the attack
+    assert abs(plain[0].onset - attack) <= 0.002 * SR and plain[0].time == plain[0].onset      # off: the attack
     assert back[0].onset == plain[0].onset and back[0].start == plain[0].start                 # same crop
     assert abs(back[0].time - n0) <= 0.002 * SR                                                # the lead-in's start
     assert detect_onsets(wave, SR, OnsetParams(backtrack_ms=20.0))[0] == back[0].time
@@ -472,3 +475,68 @@ def test_a_change_of_colour_without_an_attack_is_not_a_hit():
     louder = wave.copy()
     louder[n0:] *= 2.0
     assert len(near(OnsetParams(), louder)) == 1
+
+
+# ------------------------------------------------------------------ an earlier hit's ringing tail
+def _ringing_loop(tail_amp: float = 0.6, hit_at: float = 0.5):
+    """A cymbal-like hit at 0.1 s that rings on (3-kHz partials and noise, 1.5-s decay) and a kick-like hit
+    under its tail; the same kick alone at the same place."""
+    rng = np.random.default_rng(3)
+    t = np.arange(int(1.2 * SR)) / SR
+    ring = (np.sin(2 * np.pi * 3000 * t) + 0.7 * np.sin(2 * np.pi * 4300 * t) + 0.5 * rng.standard_normal(len(t)))
+    ring = (tail_amp * ring / np.abs(ring).max() * np.exp(-t / 1.5)).astype(np.float32)
+    ring[: int(0.002 * SR)] *= np.linspace(0, 1, int(0.002 * SR), dtype=np.float32)
+    kick = synth_hit("low", 0.5, rng)
+    n0, n1 = int(0.1 * SR), int(hit_at * SR)
+    alone = np.zeros(int(1.4 * SR), np.float32)
+    alone[n1:n1 + len(kick)] += kick
+    wave = alone.copy()
+    wave[n0:n0 + len(ring)] += ring[: len(wave) - n0]
+    return wave, alone, n1
+
+
+def test_tail_subtraction_brings_a_hit_under_a_ringing_tail_back_to_the_hit_alone():
+    wave, alone, n1 = _ringing_loop()
+    on, off = OnsetParams(tail_subtract=2.0), OnsetParams(tail_subtract=0.0)
+    segs = segments(wave, SR, CFG.duration, CFG.onset_pre_ms, params=on)
+    assert len(segs) == 2 and abs(segs[1].onset - n1) <= 0.002 * SR and segs[1].context is not None
+    seg = segs[1]
+    ref = alone[seg.start:seg.end]
+    residual = lambda x: float(np.sum((x - ref) ** 2))                                # noqa: E731
+    assert residual(suppress_tail(seg, SR, on)) < 0.2 * residual(seg.audio)      # the tail's energy mostly gone
+    assert suppress_tail(seg, SR, off) is seg.audio
+    # the hit is classified from the cleaned segment
+    hits = classify_hits(wave, SR, fake_predict, CFG.duration, CFG.onset_pre_ms, KINDS, params=on)
+    assert np.allclose(hits[1].probs, fake_predict(torch.from_numpy(suppress_tail(seg, SR, on))))
+    assert not np.allclose(hits[1].probs, fake_predict(torch.from_numpy(seg.audio)))
+    # streamed in small chunks: the same segments and contexts
+    det = OnsetDetector(SR, CFG.duration, CFG.onset_pre_ms, params=on)
+    streamed = [s for i in range(0, len(wave), 53) for s in det.feed(wave[i:i + 53])] + det.flush()
+    assert [(s.onset, s.start, s.end) for s in streamed] == [(s.onset, s.start, s.end) for s in segs]
+    assert streamed[0].context is None and np.array_equal(streamed[1].context, seg.context)
+
+
+def test_tail_subtraction_leaves_a_first_hit_and_a_hit_after_silence_unchanged():
+    p = OnsetParams(tail_subtract=2.0)
+    wave, placed, _ = make_loop()
+    segs = segments(wave, SR, CFG.duration, CFG.onset_pre_ms, params=p)
+    assert segs[0].context is None and suppress_tail(segs[0], SR, p) is segs[0].audio
+    wave, placed, _ = make_loop(plan=[(0.1, "noise", 0.8), (0.8, "low", 0.5)], seconds=1.2)   # 0.4 s of silence
+    segs = segments(wave, SR, CFG.duration, CFG.onset_pre_ms, params=p)
+    assert len(segs) == 2 and segs[1].context is not None and suppress_tail(segs[1], SR, p) is segs[1].audio
+
+
+def test_onset_settings_on_the_command_line(tmp_path, capsys):
+    from classify.cli import main
+
+    ckpt = _checkpoint(tmp_path / "hits.safetensors")
+    wave, placed, _ = make_loop()
+    f = tmp_path / "loop.wav"
+    sf.write(f, wave, SR, subtype="FLOAT")
+    assert main(["--checkpoint", str(ckpt), "--json", str(f), "--onset", "min_gap_ms=400"]) == 0
+    assert len(capsys.readouterr().out.splitlines()) < len(placed)           # hits closer than 400 ms merged
+    for bad, msg in (("bogus=1", "unknown onset detector option 'bogus'"), ("tail_floor_db=3", "tail_floor_db"),
+                     ("threshold", "KEY=VALUE")):
+        assert main(["--checkpoint", str(ckpt), str(f), "--onset", bad]) == 2
+        e = capsys.readouterr().err.strip().splitlines()
+        assert msg in e[-1] and e[-1].startswith("error:")

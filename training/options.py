@@ -301,6 +301,11 @@ def _check_mapping(values: dict, schema: dict[str, Any], what: str, flag: str, o
     return out
 
 
+def check_dataclass(cls, values: dict, what: str, flag: str) -> dict:
+    """Validate settings of any dataclass ``cls`` (keys, types, ranges) for ``cls(**values)``."""
+    return _check_mapping(values, dataclass_schema(cls), what, flag)
+
+
 def check_train(values: dict, flag: str = "--") -> dict:
     """Validate ``TrainConfig`` settings (keys, types, ranges); by default errors name the
     command-line flag (``--batch-size``)."""
