@@ -237,6 +237,12 @@ def test_default_checkpoint_is_best_validation(tmp_path, capsys):
     assert inference.default_checkpoint(d) == d / "liquid_s4_esc50.safetensors"     # tie: explicit order
     (d / "vjepa2_esc50.safetensors").write_bytes(b"garbage!" * 10)                 # unreadable: skipped
     assert inference.default_checkpoint(d) == d / "liquid_s4_esc50.safetensors"
+    # a refit (trained on the validation fold too) counts with its recipe's validation accuracy
+    make_ckpt(d / "liquid_s4_esc50.safetensors", SMALL, metrics={"val_acc": None, "recipe_val_acc": 0.95})
+    assert inference.default_checkpoint(d) == d / "liquid_s4_esc50.safetensors"
+    make_ckpt(d / "liquid_s4_esc50.safetensors", SMALL, metrics={"val_acc": None, "test_acc": 0.99})
+    assert inference.default_checkpoint(d) == d / "cnn_esc50.safetensors"        # no figure: ranked last
+    make_ckpt(d / "liquid_s4_esc50.safetensors", SMALL, metrics={"val_acc": 0.9})
     sf.write(tmp_path / "a.wav", np.zeros(4000, dtype=np.float32), 8000)
     rc, out, err = run_cli(["--checkpoint-dir", d, tmp_path / "a.wav"], capsys)
     assert rc == 0 and "liquid_s4_esc50" in err and "a.wav" in out

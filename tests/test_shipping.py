@@ -57,3 +57,22 @@ def test_a_chosen_evaluation_view_is_recorded_with_its_validation_figures(recipe
     from classify.predictor import Predictor
     assert Predictor(dest, "cpu").eval_crops == 3
     assert meta["metrics"]["val_acc"] == metrics["val_acc"]
+
+
+def test_a_refit_without_validation_ships_with_its_recipes_validation_figure(esc50_flac, tmp_path):
+    (tmp_path / "r.yaml").write_text(RECIPE)
+    (tmp_path / "refit.yaml").write_text("extends: r.yaml\ntrain_folds: [1, 2, 3, 4]\nval_folds: []\nseed: 1\n")
+    out = tmp_path / "run"
+    assert cli.main(["--recipe", str(tmp_path / "refit.yaml"), "--data-dir", str(esc50_flac), "--out", str(out),
+                     "--threads", "1", "--no-progress"]) == 0
+    with pytest.raises(ValueError, match="recipe_val_acc"):
+        ship_recipe_run(out, tmp_path / "refit.yaml", tmp_path / "ck", "cnn_refit", data_dir=str(esc50_flac))
+    dest = ship_recipe_run(out, tmp_path / "refit.yaml", tmp_path / "ck", "cnn_refit", data_dir=str(esc50_flac),
+                           recipe_val_acc=0.5)
+    meta = read_meta(dest)
+    assert meta["recipe"] == "refit.yaml" and meta["metrics"]["recipe_val_acc"] == 0.5
+    assert meta["metrics"].get("val_acc") is None and meta["dataset"]["train_folds"] == [1, 2, 3, 4]
+    metrics = json.loads((tmp_path / "ck" / "cnn_refit.metrics.json").read_text())
+    assert metrics["recipe_val_acc"] == 0.5 and metrics["val_acc"] is None
+    with pytest.raises(ValueError, match="data.train_folds"):      # the folds 1-3 recipe is another run
+        ship_recipe_run(out, tmp_path / "r.yaml", tmp_path / "ck", "x", data_dir=str(esc50_flac))

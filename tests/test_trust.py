@@ -373,6 +373,45 @@ def test_recipe_file_and_explicit_flags_override_it(esc50_flac, tmp_path, capsys
     assert "unknown setting 'learning_rate'" in _err_line(capsys)
 
 
+def test_a_recipe_extends_another(tmp_path):
+    from training.options import OptionError, load_recipe
+
+    (tmp_path / "base.yaml").write_text("model: mlp\nseed: 0\ntrain_folds: [1, 2, 3]\n"
+                                        "train:\n  epochs: 5\n  lr: 0.01\nconfig:\n  hidden: 40\n")
+    (tmp_path / "refit.yaml").write_text("extends: base.yaml\ntrain_folds: [1, 2, 3, 4]\nval_folds: []\n"
+                                         "seed: 1\ntrain:\n  epochs: 7\n")
+    r = load_recipe(tmp_path / "refit.yaml")
+    assert r == {"model": "mlp", "seed": 1, "train_folds": [1, 2, 3, 4], "val_folds": [],
+                 "train": {"epochs": 7, "lr": 0.01}, "config": {"hidden": 40}}
+    a = cli.parse_args(["--recipe", str(tmp_path / "refit.yaml")])
+    assert a.train_folds == (1, 2, 3, 4) and a.val_folds == () and a.seed == 1 and a.epochs == 7 and a.lr == 0.01
+    (tmp_path / "loop.yaml").write_text("extends: loop2.yaml\n")
+    (tmp_path / "loop2.yaml").write_text("extends: loop.yaml\nmodel: mlp\n")
+    for name, msg in (("loop.yaml", "cycle"), ("orphan.yaml", "not found")):
+        if name == "orphan.yaml":
+            (tmp_path / name).write_text("extends: nowhere.yaml\n")
+        with pytest.raises(OptionError, match=msg):
+            load_recipe(tmp_path / name)
+
+
+def test_shipped_refit_recipe_is_its_recipe_on_four_folds():
+    """recipes/liquid_s4_esc50_refit.yaml is the shipped recipe's run on folds 1-4 (same fingerprint as the
+    command line it was run with)."""
+    from training import run_dir as rd
+    from training.runner import checked_data_spec, checked_model_config
+
+    def fingerprint(argv):
+        a = cli.parse_args(argv)
+        data = checked_data_spec(cli.data_spec_from_args(a))
+        _, resolved = checked_model_config(a.model, a.preset, cli.model_config_from_args(a), data)
+        return rd.fingerprint(rd.run_settings(a.model, resolved, cli.train_config_from_args(a), data)), data
+
+    refit, data = fingerprint(["--recipe", str(REPO / "recipes" / "liquid_s4_esc50_refit.yaml")])
+    flags, _ = fingerprint(["--recipe", str(REPO / "recipes" / "liquid_s4_esc50.yaml"), "--train-folds", "1,2,3,4",
+                            "--val-folds=", "--seed", "1"])
+    assert refit == flags and data.train_folds == (1, 2, 3, 4) and data.val_folds == ()
+
+
 def test_augment_options_are_checked_and_recorded(esc50_flac, tmp_path, capsys):
     out = tmp_path / "run"
     argv = [a for a in _base(esc50_flac, "--out", str(out)) if a != "--no-augment"]

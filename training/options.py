@@ -374,11 +374,39 @@ def feature_config(base: dict | None = None, overrides: dict | None = None, flag
 # --------------------------------------------------------------------------------------------
 # Recipes
 # --------------------------------------------------------------------------------------------
-def load_recipe(path: str | Path) -> dict:
-    """Settings of a run from a ``.yaml``/``.yml``, ``.toml`` or ``.json`` file (a mapping)."""
+RECIPE_MAPPINGS = ("train", "config", "feature", "augment")     # merged key by key when a recipe extends another
+
+
+def load_recipe(path: str | Path, _seen: tuple = ()) -> dict:
+    """Settings of a run from a ``.yaml``/``.yml``, ``.toml`` or ``.json`` file (a mapping).
+
+    ``extends: OTHER`` (a path relative to the file) starts from that recipe's settings: top-level
+    settings replace the base's, the ``train`` / ``config`` / ``feature`` / ``augment`` mappings
+    are merged key by key (a refit is its recipe plus the folds and seed that differ)."""
     path = Path(path)
     if not path.is_file():
         raise OptionError(f"--recipe: {path} not found")
+    data = _read_recipe(path)
+    base = data.pop("extends", None)
+    if base is None:
+        return data
+    if not isinstance(base, str) or not base:
+        raise OptionError(f"--recipe: {path}: 'extends' must be a recipe file name")
+    base_path = (path.parent / base).resolve()
+    if base_path in _seen or base_path == path.resolve():
+        raise OptionError(f"--recipe: {path}: 'extends' makes a cycle through {base}")
+    if not base_path.is_file():
+        raise OptionError(f"--recipe: {path}: extends {base}, which is not found")
+    merged = load_recipe(base_path, _seen + (path.resolve(),))
+    for key, value in data.items():
+        if key in RECIPE_MAPPINGS and isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = {**merged[key], **value}
+        else:
+            merged[key] = value
+    return merged
+
+
+def _read_recipe(path: Path) -> dict:
     text = path.read_text()
     suffix = path.suffix.lower()
     try:

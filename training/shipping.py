@@ -45,7 +45,8 @@ def ship_checkpoint(run_dir: str | os.PathLike, model_name: str, checkpoint_dir:
 
 
 def ship_recipe_run(run_dir: str | os.PathLike, recipe: str | os.PathLike, checkpoint_dir: str | os.PathLike,
-                    name: str, eval_crops: int | None = None, data_dir: str | None = None) -> Path:
+                    name: str, eval_crops: int | None = None, data_dir: str | None = None,
+                    recipe_val_acc: float | None = None) -> Path:
     """Ship the finished run ``run_dir`` of ``recipe`` as ``checkpoint_dir/<name>.*``.
 
     The checkpoint must be exactly the recipe's run: its model, training, feature and augmentation
@@ -56,6 +57,11 @@ def ship_recipe_run(run_dir: str | os.PathLike, recipe: str | os.PathLike, check
     fold) is written into the recorded training config; with ``select: last`` it changes nothing
     in training, only how the checkpoint is evaluated, so the recipe must say the same. The shipped
     validation figures are those of that evaluation.
+
+    A run without a validation split (a refit on every training fold) has no validation figure;
+    ``recipe_val_acc`` (required then) is the validation accuracy of the recipe's run that fixed
+    its epoch count, recorded as ``recipe_val_acc`` so that the shipped checkpoints can still be
+    ranked without reading the test fold (``classify.predictor.default_checkpoint``).
     """
     from dataclasses import asdict
 
@@ -92,21 +98,27 @@ def ship_recipe_run(run_dir: str | os.PathLike, recipe: str | os.PathLike, check
         bad.insert(0, "model")
     if bad:
         raise ValueError(f"{run_dir} is not a run of {recipe}: {', '.join(bad)} differ")
+    if not data.val_folds and recipe_val_acc is None:
+        raise ValueError(f"{recipe} has no validation split: give recipe_val_acc, the validation accuracy of "
+                         "the recipe's run that fixed its epoch count")
     train_ds, val_ds, test_ds = build_datasets(data)
     settings = rd.run_settings(args.model, resolved, cfg, data)
     meta.update(recipe=Path(recipe).name, run_fingerprint=rd.fingerprint(settings),
                 clips=provenance.dataset_clips(train_ds, val_ds, test_ds),
                 provenance=provenance.run_provenance(cfg.distill_from, resolved.get("init_from")))
     meta["train_config"] = {**trained, "eval_crops": int(cfg.eval_crops)}
-    # the validation figures as the checkpoint will be evaluated (its recorded view)
-    norm = meta["normalization"]
-    val_ds.set_normalization(norm["mean"], norm["std"])
-    probs, labels = predict_proba(model, val_ds, 32, "cpu", cfg.amp, **eval_views(cfg, val_ds.feature_cfg))
-    val = metrics_with_loss(probs, labels, val_ds.class_names, meta.get("task"))
     metrics = json.loads((run_dir / "metrics.json").read_text())
-    metrics.update(val_acc=val["accuracy"], val_macro_f1=val["macro_f1"], eval_crops=int(cfg.eval_crops),
-                   recipe=Path(recipe).name)
-    meta["metrics"] = {**(meta.get("metrics") or {}), "val_acc": val["accuracy"], "val_macro_f1": val["macro_f1"]}
+    metrics.update(eval_crops=int(cfg.eval_crops), recipe=Path(recipe).name)
+    if val_ds is not None:      # the validation figures as the checkpoint will be evaluated (its recorded view)
+        norm = meta["normalization"]
+        val_ds.set_normalization(norm["mean"], norm["std"])
+        probs, labels = predict_proba(model, val_ds, 32, "cpu", cfg.amp, **eval_views(cfg, val_ds.feature_cfg))
+        val = metrics_with_loss(probs, labels, val_ds.class_names, meta.get("task"))
+        metrics.update(val_acc=val["accuracy"], val_macro_f1=val["macro_f1"])
+        meta["metrics"] = {**(meta.get("metrics") or {}), "val_acc": val["accuracy"], "val_macro_f1": val["macro_f1"]}
+    else:
+        metrics.update(recipe_val_acc=float(recipe_val_acc))
+        meta["metrics"] = {**(meta.get("metrics") or {}), "recipe_val_acc": float(recipe_val_acc)}
     checkpoint_dir.mkdir(parents=True, exist_ok=True)
     dest = checkpoint_dir / f"{name}.safetensors"
     save_checkpoint(dest, model, meta)
