@@ -154,7 +154,9 @@ def results_table(found: dict, recipes: pd.DataFrame, latency: dict[str, float],
         ci = binomial_ci(met.get("test_acc"), met.get("n_test"))
         rows.append({
             "model": rec.get("label", m), "shipped checkpoint": f"`{display(r.checkpoint).removesuffix('.safetensors')}`",
-            "params": f"{met['params']:,}" if met.get("params") else "", "fold-4 val": _acc(met.get("val_acc")),
+            "params": f"{met['params']:,}" if met.get("params") else "",
+            "fold-4 val": (_acc(met.get("val_acc")) if met.get("val_acc") is not None or met.get("recipe_val_acc") is None
+                           else f"trained on (its recipe's run on folds 1-3: {_acc(met['recipe_val_acc'])})"),
             "fold-5 test (95 % CI)": f"**{_acc(met.get('test_acc'))}** ± {ci:.3f}" if met.get("test_acc") is not None else "",
             "test macro-F1": f"{met['test_macro_f1']:.3f}" if met.get("test_macro_f1") is not None else "",
             "epochs (views/epoch)": f"{met.get('epochs_run')} ({met.get('train_items_per_epoch')})",

@@ -86,6 +86,15 @@ def test_readme_summary_and_figure_come_from_the_same_files(repo):
     assert (repo / "README.md").read_text() == readme
 
 
+def test_a_refit_shows_its_recipes_validation_figure(repo):
+    cr = _script()
+    m = {**_metrics(None, 0.45, 486194), "recipe_val_acc": 0.41}
+    (repo / "checkpoints" / "mlp_esc50.metrics.json").write_text(json.dumps(m))
+    assert cr.main(_args(repo, "--update-readme")) == 0
+    readme = (repo / "README.md").read_text()
+    assert "| trained on (its recipe's run on folds 1-3: 0.4100) | **0.4500** ±" in readme
+
+
 def test_bad_inputs_exit_2_with_one_line(repo, capsys):
     cr = _script()
     (repo / "README.md").write_text("no markers\n")
