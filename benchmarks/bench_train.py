@@ -11,7 +11,8 @@ logged in ``DIR/history.json``) each run took to first reach fold-4 accuracy 0.7
 
 With ``--recipes FILE ...`` it runs ``train.py --recipe FILE --epochs 3 --val-every 1`` for each
 (in a temporary directory) and prints ``metrics.json``'s mean epoch time, validation included: the
-issue's measure of a shipped configuration's epoch.
+issue's measure of a shipped configuration's epoch. ``--recipe-epochs N --recipe-val-every 0`` runs N
+epochs validating as the recipe itself does (e.g. every 10th epoch).
 
     python benchmarks/bench_train.py [--threads 2] [--steps 8] [--models liquid_s4,mamba,vjepa2,cnn]
         [--histories shipped=checkpoints/liquid_s4_esc50.history.json new=runs/x] [--recipes recipes/*.yaml]
@@ -89,6 +90,9 @@ def main() -> None:
     p.add_argument("--models", default=",".join(CONFIGS))
     p.add_argument("--histories", nargs="*", default=[], metavar="NAME=PATH")
     p.add_argument("--recipes", nargs="*", default=[], metavar="FILE")
+    p.add_argument("--recipe-epochs", type=int, default=3, help="epochs of each --recipes run")
+    p.add_argument("--recipe-val-every", type=int, default=1,
+                   help="validate every K epochs in the --recipes runs (0: as the recipe says)")
     p.add_argument("--skip-steps", action="store_true", help="only the histories and recipes parts")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
@@ -131,12 +135,14 @@ def main() -> None:
         import tempfile
 
         from training.cli import main as train_main
-        print(f"\ntrain.py --recipe FILE --epochs 3 --val-every 1 --threads {args.threads} "
-              "(metrics.json: mean epoch time; with validation = what an epoch costs):")
+        val_every = ["--val-every", str(args.recipe_val_every)] if args.recipe_val_every > 0 else []
+        print(f"\ntrain.py --recipe FILE --epochs {args.recipe_epochs} {' '.join(val_every) or '(validation as the recipe says)'}"
+              f" --threads {args.threads} (metrics.json: mean epoch time; with validation = what an epoch costs):")
         for recipe in args.recipes:
             with tempfile.TemporaryDirectory() as tmp, contextlib.redirect_stdout(io.StringIO()):
-                rc = train_main(["--recipe", recipe, "--epochs", "3", "--val-every", "1", "--test-folds", "", "--threads",
-                                 str(args.threads), "--no-progress", "--data-dir", args.data_dir, "--out", tmp])
+                rc = train_main(["--recipe", recipe, "--epochs", str(args.recipe_epochs), *val_every, "--test-folds", "",
+                                 "--threads", str(args.threads), "--no-progress", "--data-dir", args.data_dir,
+                                 "--out", tmp])
                 m = json.loads((Path(tmp) / "metrics.json").read_text()) if rc == 0 else None
             if m is None:
                 print(f"  {recipe}: train.py failed ({rc})")
