@@ -212,3 +212,24 @@ def test_a_seed_member_is_the_mean_of_its_runs_and_weighs_like_one_member(esc50_
     assert [p.name for p in cr.member_checkpoints(found, "cnn+seeds")] == [
         "cnn_esc50.safetensors", "cnn_esc50_seed1.safetensors", "cnn_esc50_seed2.safetensors"]
     assert [p.name for p in cr.member_checkpoints(found, "cnn")] == ["cnn_esc50.safetensors"]
+
+
+def test_an_ensemble_with_a_refit_member_has_no_fold4_figure(esc50_flac, tmp_path):
+    from types import SimpleNamespace
+
+    from training import cli
+
+    cr = _script()
+    found = {}
+    for name, folds in (("a", ["--train-folds", "1,2,3"]), ("b", ["--train-folds", "1,2,3,4", "--val-folds="])):
+        out = tmp_path / name
+        assert cli.main(["--model", "mlp", "--preset", "tiny", "--data-dir", str(esc50_flac), "--epochs", "1",
+                         "--batch-size", "6", "--no-progress", "--threads", "1", "--no-augment", "--select", "last",
+                         "--test-folds", "", *folds, "--out", str(out)]) == 0
+        found[name] = SimpleNamespace(checkpoint=out / "best.safetensors")
+    dest = cr.measure_ensembles(found, str(esc50_flac), [["a"], ["a", "b"]], tmp_path / "ensembles.json")
+    plain, refit = json.loads(dest.read_text())["ensembles"]
+    assert plain["n_val"] == 6 and plain["val_acc"] is not None
+    assert refit["val_acc"] is None and refit["n_val"] == 0 and refit["n_test"] == 6
+    table = cr.results_table({}, cr.pd.DataFrame(), {}, [plain, refit])
+    assert list(table["fold-4 val"]) == [f"{plain['val_acc']:.4f}", "a member trained on it"]
