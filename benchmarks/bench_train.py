@@ -110,7 +110,7 @@ def main() -> None:
     for name in ([] if args.skip_steps else args.models.split(",")):
         cfg = dict(CONFIGS[name])
         torch.manual_seed(0)
-        model = models.build_model(name, **cfg)
+        model = models.place(models.build_model(name, **cfg))          # the layout the engine trains in
         params = sum(q.numel() for q in model.parameters())
         cells = {}
         for prec, dt in (("fp32", None), ("bf16", bf16)):

@@ -303,3 +303,38 @@ def test_inference_precision_follows_the_model_family_on_a_bf16_cpu(name, monkey
     meta["train_config"]["amp"] = False          # a run trained in fp32 is served in fp32
     path = save_checkpoint(tmp_path / f"{name}_fp32.safetensors", model, meta)
     assert Predictor(path, "cpu").amp_dtype is None
+
+
+def test_models_are_placed_with_channels_last_conv_weights(tmp_path):
+    """models.place: conv weights channels-last (the CPU's fast layout), the same outputs up to rounding,
+    checkpoints stored and rebuilt, and the EMA of the weights still updates the conv weights in place."""
+    import models
+    from timm.utils.model_ema import ModelEmaV3
+
+    from training.checkpoint import build_from_checkpoint, save_checkpoint
+
+    torch.manual_seed(0)
+    ref = models.build_model("cnn", preset="tiny", num_classes=5, n_mels=32, n_frames=40).eval()
+    placed = models.place(models.build_model("cnn", preset="tiny", num_classes=5, n_mels=32, n_frames=40)).eval()
+    placed.load_state_dict(ref.state_dict())
+    convs = [m for m in placed.modules() if isinstance(m, torch.nn.Conv2d)]
+    assert convs and all(c.weight.is_contiguous(memory_format=torch.channels_last) for c in convs)
+    assert not any(c.weight.is_contiguous() for c in convs if c.in_channels > 1)     # one channel: both layouts
+    x = torch.randn(4, 40, 32)
+    with torch.no_grad():
+        assert torch.allclose(placed(x), ref(x), atol=1e-5)
+    meta = {"class_names": list("abcde"), "feature_config": {"n_mels": 32, "n_frames": 40}, "model_name": "cnn",
+            "model_config": placed.model_config}
+    rebuilt, _ = build_from_checkpoint(save_checkpoint(tmp_path / "c.safetensors", placed, meta))
+    assert all(m.weight.is_contiguous(memory_format=torch.channels_last)
+               for m in rebuilt.modules() if isinstance(m, torch.nn.Conv2d))
+    with torch.no_grad():
+        assert torch.equal(rebuilt(x), placed(x))
+    ema = ModelEmaV3(placed, decay=0.5)
+    before = [m.weight.clone() for m in ema.module.modules() if isinstance(m, torch.nn.Conv2d)]
+    with torch.no_grad():
+        for c in convs:
+            c.weight.add_(1.0)
+    ema.update(placed)
+    after = [m.weight for m in ema.module.modules() if isinstance(m, torch.nn.Conv2d)]
+    assert all(torch.allclose(a, b + 0.5) for a, b in zip(after, before))

@@ -126,7 +126,7 @@ def load_checkpoint(path: str | os.PathLike, device: str | torch.device = "cpu")
 
 def build_from_checkpoint(path: str | os.PathLike, device: str | torch.device = "cpu"):
     """Rebuild the model a checkpoint describes, load its weights, put it in eval mode."""
-    from models import build_model, rebuild_config
+    from models import build_model, place, rebuild_config
 
     state, meta = load_checkpoint(path, device)
     feat = meta["feature_config"]
@@ -140,7 +140,7 @@ def build_from_checkpoint(path: str | os.PathLike, device: str | torch.device = 
         model.load_state_dict(state, strict=True)
     except RuntimeError as exc:
         raise CheckpointError(f"{path}: weights do not match model '{meta['model_name']}' ({_short(exc)})") from None
-    return model.to(device).eval(), meta
+    return place(model, device).eval(), meta
 
 
 def _check(path) -> Path:

@@ -33,6 +33,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+import models
 from training.checkpoint import atomic_write, save_checkpoint
 from training.metrics import best_threshold, binary_metrics, multiclass_metrics, predictions
 
@@ -162,8 +163,6 @@ def serving_amp(meta: dict, device) -> bool:
     """Whether a checkpoint is served (``inference.Predictor``, ensembles) with bf16 autocast: when its
     run trained with it, except on a CPU for model families where bf16 measured slower than fp32 at
     batch 1 (``models.ModelSpec.cpu_bf16_inference``)."""
-    import models
-
     trained = bool((meta.get("train_config") or {}).get("amp", True))
     return trained and (torch.device(device).type != "cpu" or models.get_spec(meta["model_name"]).cpu_bf16_inference)
 
@@ -442,7 +441,7 @@ def fit(model: torch.nn.Module, train_ds, val_ds, test_ds=None, cfg: TrainConfig
         # batch statistics over the global batch, as in single-process training (CUDA only in torch;
         # same parameters and state_dict keys, so checkpoints load into the plain model)
         model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
-    model = model.to(device)
+    model = models.place(model, device)
     base_model = model
     ema = None
     if cfg.ema > 0:
@@ -685,7 +684,7 @@ def finalize(model, out: Path, train_ds, val_ds, test_ds, cfg, device, history, 
 
     state, _ = load_checkpoint(out / "best.safetensors", "cpu")
     model.load_state_dict(state)
-    model.to(device)
+    models.place(model, device)
     views = eval_views(cfg, train_ds.feature_cfg)
     val = {"accuracy": None, "macro_f1": None, "n": 0}      # a refit has no validation split
     if val_ds is not None:

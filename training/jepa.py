@@ -52,6 +52,7 @@ import torch.nn.functional as F
 from timm.models.vision_transformer import Block
 from functools import partial
 
+import models
 from models.vjepa2 import (SpecViTEncoder, TokenGrid, _init_weights, _rescale_blocks, save_encoder,
                            sincos_pos_embed_2d)
 
@@ -270,7 +271,7 @@ def pretrain(jepa: JEPA, loader, epochs: int, lr: float = 5e-4, weight_decay: fl
     total = max(1, steps_per_epoch * epochs)
     opt, sched = _optim_and_sched(jepa.trainable(), lr, weight_decay, total, int(warmup_frac * total))
     gen = torch.Generator().manual_seed(seed)
-    jepa.to(device).train()
+    models.place(jepa, device).train()
     step, history = 0, []
     use_amp = amp and device.startswith("cuda")
     for epoch in range(epochs):
