@@ -66,6 +66,18 @@ def test_five_fold_cv_end_to_end_and_resume(esc50_flac, tmp_path, capsys):
     assert len(json.loads((out / "fold3" / "history.json").read_text())) == 1     # no extra epochs
     assert json.loads((out / "cv_results.json").read_text())["complete"]
 
+    # an interrupted fold as the engine leaves it (metrics.json with status "running", written every epoch)
+    # is neither summarised as done nor skipped as finished: it resumes
+    m4 = json.loads((out / "fold4" / "metrics.json").read_text())
+    (out / "fold4" / "metrics.json").write_text(json.dumps({**m4, "status": "running", "test_acc": None}))
+    part = cv.summarise(out, write=False, log=None)
+    assert part["folds_missing"] == [4] and not part["complete"] and part["test_acc"]["n"] == 4
+    assert cv.main(_args(esc50_flac, out, "--folds", "4")) == 0
+    printed = capsys.readouterr().out
+    assert "fold 4: resuming" in printed and "finished earlier" not in printed
+    assert json.loads((out / "fold4" / "metrics.json").read_text())["status"] == "finished"
+    assert json.loads((out / "cv_results.json").read_text())["complete"]
+
     # a finished fold trained with other settings is refused (one line), never reused or relabelled
     before = (out / "fold2" / "best.safetensors").read_bytes()
     assert cv.main(_args(esc50_flac, out, "--folds", "2", "--lr", "0.1")) == 2

@@ -60,8 +60,18 @@ def fold_dir(out: str | Path, fold: int) -> Path:
     return Path(out) / f"fold{fold}"
 
 
+def _finished_metrics(out: str | Path, fold: int) -> dict | None:
+    """The fold's ``metrics.json`` if its run finished (the engine writes it with ``status: running``
+    after every epoch, ``finished`` at the end; files from before the status field count as finished)."""
+    p = fold_dir(out, fold) / "metrics.json"
+    if not p.exists():
+        return None
+    m = json.loads(p.read_text())
+    return m if m.get("status", "finished") == "finished" else None
+
+
 def is_finished(out: str | Path, fold: int) -> bool:
-    return (fold_dir(out, fold) / "metrics.json").exists()
+    return _finished_metrics(out, fold) is not None
 
 
 # --------------------------------------------------------------------------------------------
@@ -169,7 +179,7 @@ def run_folds(model_name: str, base_spec, cfg, out: str | Path, folds=ALL_FOLDS,
             run_dir.check_resumable(d, run_dir.run_settings(model_name, resolved, cfg, spec))
             if dist.main:
                 log(f"fold {fold}: finished earlier ({d / 'metrics.json'}), skipped")
-            results[fold] = json.loads((d / "metrics.json").read_text())
+            results[fold] = _finished_metrics(out, fold)
             continue
         if dist.main:
             state = "resuming" if resume and (d / "last.pt").exists() else "training"
@@ -205,16 +215,16 @@ def _stats(values: list[float]) -> dict:
 
 
 def summarise(out: str | Path, write: bool = True, log=print) -> dict:
-    """Collect ``fold<k>/metrics.json`` of every finished fold into a summary (and cv_results.*).
+    """Collect ``fold<k>/metrics.json`` of every finished fold into a summary (and cv_results.*); a fold
+    whose run is still going (or was interrupted) is listed as missing.
 
     ``std`` is the sample standard deviation over folds (ddof=1).
     """
     out = Path(out)
     rows, model, params = [], None, None
     for fold in ALL_FOLDS:
-        p = fold_dir(out, fold) / "metrics.json"
-        if p.exists():
-            m = json.loads(p.read_text())
+        m = _finished_metrics(out, fold)            # a fold still training is not done
+        if m is not None:
             rows.append(_row(fold, m))
             model, params = model or m.get("model"), params or m.get("params")
     missing = [f for f in ALL_FOLDS if f not in {r["fold"] for r in rows}]
@@ -252,8 +262,10 @@ def format_table(summary: dict) -> str:
     cols = {"fold": "fold", "val_fold": "val", "test_acc": "test acc", "test_macro_f1": "test F1",
             "val_acc": "val acc", "best_epoch": "best ep", "epochs_run": "epochs", "mean_epoch_time_s": "s/epoch"}
     df = pd.DataFrame(summary["per_fold"], columns=list(cols)).rename(columns=cols)
+    df = df.map(lambda v: "-" if v is None or (isinstance(v, float) and math.isnan(v))   # no validation split
+                else f"{v:.4f}" if isinstance(v, float) else v)
     lines = [f"cross-validation: {summary.get('model')} ({summary.get('out')})",
-             df.to_string(index=False, na_rep="-", float_format="{:.4f}".format) if len(df) else ""]
+             df.to_string(index=False) if len(df) else ""]
     t = summary["test_acc"]
     if t["n"]:
         lines.append(f"test accuracy: {t['mean']:.4f} +- {t['std']:.4f} (mean +- sample std over {t['n']} "
