@@ -33,6 +33,12 @@ Segments
     received: ``crop - pre`` after the onset plus the detector's look-ahead (see
     :meth:`OnsetDetector.latency_samples`), or earlier when the next hit comes first.
 
+Ringing tails
+    A segment after an earlier hit carries ``context`` (the audio just before it). When that audio is not
+    silent, the earlier hit's tail is subtracted from the segment first (:func:`suppress_tail`: spectral
+    subtraction of the tail's power spectrum at the onset); the first hit and a hit after silence are
+    classified from their segment unchanged, so a one-shot file keeps exactly its one-shot probabilities.
+
 Classification
     ``predict_segment(segment: torch.Tensor) -> np.ndarray`` classifies one mono float32 segment at
     the model's sample rate the way training featurises a one-shot (e.g. the predictor's
@@ -54,8 +60,8 @@ import torch
 
 from audio_utils import resample
 
-__all__ = ["OnsetParams", "onset_params", "suppress_tail", "OnsetDetector", "Segment", "Hit", "segments", "detect_onsets", "classify_hits",
-           "stream_hits", "format_hit", "hit_record", "print_hits"]
+__all__ = ["OnsetParams", "onset_params", "suppress_tail", "OnsetDetector", "Segment", "Hit", "segments",
+           "detect_onsets", "classify_hits", "stream_hits", "format_hit", "hit_record", "print_hits"]
 
 PredictSegment = Callable[[torch.Tensor], np.ndarray]
 
