@@ -20,9 +20,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import torch  # noqa: E402
 
 import models  # noqa: E402
+from bench_train import CONFIGS  # noqa: E402  (the recipes' model configurations, as bench_train times them)
 from training.engine import amp_dtype  # noqa: E402
-
-CONFIGS = {"cnn": {}, "liquid_s4": {"stem_channels": [32, 64, 128]}, "mamba": {}, "vjepa2": {"preset": "mini", "stem": "conv"}}
 
 
 def step(model, x, y, dtype) -> float:

@@ -118,9 +118,8 @@ def measure_ensembles(found: dict, data_dir: str, sets: list[list[str]], dest: P
                     "n_val": val["n"] if val else 0, "n_test": test["n"], "test_macro_f1": test["macro_f1"],
                     "member_val_acc": val and val["member_acc"], "member_test_acc": test["member_acc"],
                     "checkpoints": {m: [display(c) for c in cs] for m, cs in cks.items()}})
-        print(f"ensemble {'+'.join(members)}: fold-4 {val['acc']:.4f}, " if val else
-              f"ensemble {'+'.join(members)}: fold-4 not measured (a member trained on it), ", end="")
-        print(f"fold-5 {test['acc']:.4f}")
+        fold4 = f"fold-4 {val['acc']:.4f}" if val else "fold-4 not measured (a member trained on it)"
+        print(f"ensemble {'+'.join(members)}: {fold4}, fold-5 {test['acc']:.4f}")
     results.write_json(dest, {"command": "benchmarks/collect_results.py --measure-ensembles", "ensembles": out})
     return dest
 

@@ -468,11 +468,13 @@ def suppress_tail(seg: Segment, sample_rate: int, params: OnsetParams) -> np.nda
     if seg.context is None:                   # the first hit (a one-shot file): nothing rings on before it
         return x
     ctx = seg.context
-    before = np.concatenate([ctx, x[:max(0, seg.onset - seg.start)]])    # everything before the onset
-    if params.tail_subtract <= 0 or len(before) < n_fft or len(x) <= n_fft:
+    if params.tail_subtract <= 0 or len(ctx) == 0 or len(x) <= n_fft:
         return x
     peak = float(np.abs(x).max())
-    if peak <= 0 or len(ctx) == 0 or float(np.abs(ctx).max()) < params.start_silence * peak:
+    if peak <= 0 or float(np.abs(ctx).max()) < params.start_silence * peak:
+        return x
+    before = np.concatenate([ctx, x[:max(0, seg.onset - seg.start)]])    # everything before the onset
+    if len(before) < n_fft:
         return x
     hop = n_fft // 4
     win = torch.hann_window(n_fft, dtype=torch.float64)
