@@ -234,6 +234,26 @@ def test_classification_loss_decreases_on_8_samples():
 
 
 # ---------------------------------------------------------------- pretrain -> fine-tune
+@pytest.mark.parametrize("amp,native,expect", [(True, "1", torch.bfloat16), (False, "1", torch.float32),
+                                               (True, "0", torch.float32)])
+def test_pretrain_uses_the_engines_bf16_rule(monkeypatch, amp, native, expect):
+    """JEPA pretraining runs its matmuls in bf16 exactly where train.py does (CPUs with native bf16,
+    CUDA), unless --no-amp; weights, EMA target and loss stay fp32."""
+    monkeypatch.setenv("AUDIO_FORCE_CPU_BF16", native)
+    torch.manual_seed(0)
+    jepa, _ = build_jepa(155, 128, "tiny", {"stem": "conv"})
+    seen = set()
+    for enc in (jepa.encoder, jepa.target_encoder):
+        lin = next(m for m in enc.modules() if isinstance(m, torch.nn.Linear))
+        lin.register_forward_hook(lambda m, i, o: seen.add(o.dtype))
+    data = [(torch.randn(4, 155, 128), torch.zeros(4, dtype=torch.long)) for _ in range(2)]
+    hist = pretrain(jepa, data, epochs=1, lr=1e-3, log=lambda s: None, amp=amp)
+    assert seen == {expect}
+    assert hist[0]["amp"] == (str(expect) if expect == torch.bfloat16 else "None")
+    assert math.isfinite(hist[0]["loss"])
+    assert {p.dtype for p in jepa.parameters()} == {torch.float32}
+
+
 def test_pretrain_writes_encoder_and_init_from_loads_it(tmp_path):
     torch.manual_seed(0)
     jepa, cfg = build_jepa(155, 128, "tiny")

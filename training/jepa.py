@@ -262,25 +262,29 @@ def _optim_and_sched(module: nn.Module, lr: float, wd: float, total: int, warmup
 def pretrain(jepa: JEPA, loader, epochs: int, lr: float = 5e-4, weight_decay: float = 0.05,
              warmup_frac: float = 0.05, ema: tuple[float, float] = (0.996, 1.0), grad_clip: float = 1.0,
              max_steps: int | None = None, device: str = "cpu", out_dir: str | None = None,
-             export: str = "target", log=print, seed: int = 0, amp: bool = False,
+             export: str = "target", log=print, seed: int = 0, amp: bool = True,
              meta: dict | None = None) -> list[dict]:
     """Run JEPA pretraining; returns per-epoch metrics. Writes ``out_dir/encoder.safetensors`` after
     each epoch when ``out_dir`` is given (atomically; ``meta``, e.g. the dataset description and
-    provenance, is stored in its metadata)."""
+    provenance, is stored in its metadata). ``amp``: bf16 autocast where the training engine uses it
+    (CUDA, CPUs with native bf16; :func:`training.engine.amp_dtype`); the weights, the EMA and the
+    loss stay fp32."""
+    from training.engine import amp_dtype, autocast
+
     steps_per_epoch = len(loader) if max_steps is None else min(len(loader), max_steps)
     total = max(1, steps_per_epoch * epochs)
     opt, sched = _optim_and_sched(jepa.trainable(), lr, weight_decay, total, int(warmup_frac * total))
     gen = torch.Generator().manual_seed(seed)
     models.place(jepa, device).train()
     step, history = 0, []
-    use_amp = amp and device.startswith("cuda")
+    dtype = amp_dtype(device, amp)
     for epoch in range(epochs):
         t0, losses, stats = time.perf_counter(), [], {}
         for i, batch in enumerate(loader):
             if i >= steps_per_epoch:
                 break
             x = (batch[0] if isinstance(batch, (list, tuple)) else batch).to(device, non_blocking=True)
-            with torch.autocast("cuda", dtype=torch.bfloat16, enabled=use_amp):
+            with autocast(device, dtype):
                 loss, stats = jepa(x, generator=gen, return_stats=True)
             opt.zero_grad(set_to_none=True)
             loss.backward()
@@ -291,7 +295,7 @@ def pretrain(jepa: JEPA, loader, epochs: int, lr: float = 5e-4, weight_decay: fl
             step += 1
             jepa.ema_update(ema[0] + (ema[1] - ema[0]) * min(1.0, step / total))
             losses.append(loss.item())
-        rec = {"epoch": epoch + 1, "step": step, "loss": sum(losses) / max(1, len(losses)),
+        rec = {"epoch": epoch + 1, "step": step, "loss": sum(losses) / max(1, len(losses)), "amp": str(dtype),
                "lr": opt.param_groups[0]["lr"], "ema": ema[0] + (ema[1] - ema[0]) * min(1.0, step / total),
                "time_s": time.perf_counter() - t0, **stats}
         history.append(rec)
@@ -376,7 +380,8 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--cache-dir", default=None, help="feature cache directory (default: $AUDIO_CACHE_DIR or data/cache)")
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
                     help="cpu, cuda or cuda:N (default: cuda if available, else cpu)")
-    ap.add_argument("--amp", action="store_true", default=False, help="bf16 autocast on CUDA (default: off)")
+    ap.add_argument("--amp", action=argparse.BooleanOptionalAction, default=True,
+                    help="bf16 autocast on CUDA and on CPUs with native bf16, as train.py (default: on)")
     ap.add_argument("--seed", type=int, default=0, help="seed of initialisation, masks and order (default: 0)")
     ap.add_argument("--debug", action="store_true", default=False,
                     help="show the full traceback of an error instead of one line (default: off)")
