@@ -16,8 +16,9 @@ Objective
   the union of ``n_short`` short blocks (2-5 time x 2-4 mel tokens) and ``n_long`` long blocks (each a
   random ``long_scale`` fraction of the grid, so the two cover about half of it); the context is the
   complement, set to exactly ``Kc`` tokens (``Kc/N`` drawn per batch uniformly in ``context_ratio``,
-  default 25-50 %) by dropping random surplus context tokens or moving random target tokens into
-  it. Context and target are disjoint. Targets are cut to the batch-minimum size (random subset), so
+  default 25-50 %): whole random blocks are dropped from the target until the complement is large
+  enough (every target stays a block), then random surplus context tokens are dropped. Context and
+  target are disjoint. Targets are cut to the batch-minimum size (random subset), so
   index tensors are rectangular.
 
 Data: unlabelled ESC-50 clips of the training folds only (default folds 1-3; fold 5 - the test
