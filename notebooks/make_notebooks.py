@@ -24,10 +24,11 @@ import nbformat
 from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
 
 HERE = Path(__file__).resolve().parent
-def RECIPE(model: str, refit: bool = False) -> str:
-    shipped = (f"`recipes/{model}_esc50.yaml` refit on folds 1-4 (`python train.py --recipe recipes/{model}_esc50_refit.yaml` "
+def RECIPE(recipe: str, refit: str | None = None) -> str:
+    """The notebook's note on the shipped checkpoint: ``recipes/RECIPE.yaml``, or its refit ``recipes/REFIT.yaml``."""
+    shipped = (f"`recipes/{recipe}.yaml` refit on folds 1-4 (`python train.py --recipe recipes/{refit}.yaml` "
                "reproduces it)" if refit else
-               f"`recipes/{model}_esc50.yaml` (`python train.py --recipe recipes/{model}_esc50.yaml` reproduces it)")
+               f"`recipes/{recipe}.yaml` (`python train.py --recipe recipes/{recipe}.yaml` reproduces it)")
     return (
         f"the training recipe. The shipped checkpoint comes from {shipped}: between-class "
         "mixing, EQ / time-stretch / mel-shift augmentation, 3-s crops, EMA, the last weights. This notebook keeps the "
@@ -47,7 +48,7 @@ TRAINING = {
             "over time, then a linear classifier. Code: `models/liquid_s4.py`."),
         config_comment="e.g. {\"d_model\": 192, \"n_layers\": 6}; keys: models/liquid_s4.py",
         train_overrides='{"epochs": 100}',
-        differs=RECIPE("liquid_s4", refit=True),
+        differs=RECIPE("liquid_s4_esc50_long", refit="liquid_s4_esc50_long_refit"),
     ),
     "mamba": dict(
         title="Mamba on ESC-50",
@@ -59,7 +60,7 @@ TRAINING = {
             "Code: `models/mamba.py` (CPU: the parallel scan; CUDA: `mamba_ssm` kernels when installed)."),
         config_comment="e.g. {\"d_model\": 128, \"bidirectional\": True}; keys: models/mamba.py",
         train_overrides='{"epochs": 100}',
-        differs=RECIPE("mamba"),
+        differs=RECIPE("mamba_esc50", refit="mamba_esc50_refit"),
     ),
     "vjepa2": dict(
         title="V-JEPA2-style ViT on ESC-50",
