@@ -59,8 +59,9 @@ TRAINING = {
             "instead), with a backward branch as in Vim / AuM, mean-pooled, then a linear classifier. "
             "Code: `models/mamba.py` (CPU: the parallel scan; CUDA: `mamba_ssm` kernels when installed)."),
         config_comment="e.g. {\"d_model\": 128, \"bidirectional\": True}; keys: models/mamba.py",
+        model_config='{"stem_channels": [32, 64, 128]}',
         train_overrides='{"epochs": 100}',
-        differs=RECIPE("mamba_esc50", refit="mamba_esc50_refit"),
+        differs=RECIPE("mamba_esc50_wide", refit="mamba_esc50_wide_refit"),
     ),
     "vjepa2": dict(
         title="V-JEPA2-style ViT on ESC-50",
