@@ -121,6 +121,32 @@ def test_committed_results_are_consistent():
         assert f"**{metrics['test_acc']:.4f}**" in readme and f"| {latency[name]:.1f} ms |" in readme
     for e in json.loads((REPO / "results" / "ensembles.json").read_text())["ensembles"]:
         assert f"**{e['test_acc']:.4f}**" in readme
+    cr = _script()      # every file results/seeds.csv names exists, and the README shows its table as generated
+    assert cr.markdown(cr.seeds_table(REPO / "results" / "seeds.csv", REPO)) in readme
+
+
+def test_seeds_table_summarises_each_recipe_from_its_metrics_files(tmp_path):
+    cr = _script()
+    for name, key, acc in (("r0", "val_acc", 0.8), ("r1", "val_acc", 0.82), ("r2", "val_acc", 0.84),
+                           ("t0", "accuracy", 0.7), ("t1", "accuracy", 0.74), ("refit", "accuracy", 0.78)):
+        (tmp_path / f"{name}.json").write_text(json.dumps({key: acc}))
+    seeds = tmp_path / "seeds.csv"
+    seeds.write_text("recipe,seed,train_folds,run_metrics,test_metrics\n"
+                     "a.yaml,0,1-3,r0.json,t0.json\na.yaml,1,1-3,r1.json,t1.json\na.yaml,2,1-3,r2.json,\n"
+                     "a.yaml,1,1-4,,refit.json\nb.yaml,0,1-3,r0.json,\n")
+    table = cr.seeds_table(seeds, tmp_path)
+    a, b = table.to_dict("records")
+    assert a["recipe"] == "`recipes/a.yaml`" and a["seeds (folds 1-3)"] == "0, 1, 2"
+    assert a["fold-4 val"] == "**0.820** ± 0.020 (0.8, 0.82, 0.84)"          # mean ± sample std
+    assert a["fold-5 test"] == "**0.720** ± 0.028 (0.7, 0.74) (2 of 3 read)"
+    assert a["refits on folds 1-4: fold-5 test"] == "0.78 (seed 1)"
+    assert b["fold-4 val"] == "0.8" and b["fold-5 test"] == "" and b["refits on folds 1-4: fold-5 test"] == ""
+    seeds.write_text("recipe,seed,train_folds,run_metrics,test_metrics\na.yaml,0,1-3,r0.json,gone.json\n")
+    with pytest.raises(cr.UsageError, match="gone.json: no such file"):
+        cr.seeds_table(seeds, tmp_path)
+    seeds.write_text("recipe,seed,train_folds,run_metrics,test_metrics\na.yaml,0,2-5,r0.json,\n")
+    with pytest.raises(cr.UsageError, match="1-3 or 1-4"):
+        cr.seeds_table(seeds, tmp_path)
 
 
 def test_accuracy_axes_are_not_zoomed_onto_noise():
