@@ -310,7 +310,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--models", default=",".join((*results.MAIN_MODELS, *results.BASELINES)))
     p.add_argument("--measure-latency", action="store_true",
                    help="re-time every model with benchmarks/bench_inference.py (minutes; niced) into latency.json")
-    p.add_argument("--threads", type=int, default=1, help="with --measure-latency: torch threads")
+    p.add_argument("--threads", type=int, default=1, help="with --measure-latency / --measure-ensembles: torch threads")
     p.add_argument("--latency-from", metavar="BENCH_TXT", help="convert a saved bench_inference.py output into latency.json")
     p.add_argument("--measure-ensembles", action="store_true", help="recompute results/ensembles.json (needs the data)")
     p.add_argument("--ensemble", action="append", metavar="A,B,C", default=None,
@@ -340,7 +340,10 @@ def run(args) -> int:
     elif args.latency_from:
         latency_from(Path(args.latency_from), res_dir / "latency.json")
     if args.measure_ensembles:
+        import torch
+
         from training.data import default_esc50_dir
+        torch.set_num_threads(args.threads)
         sets = [[m for m in s.split(",") if m] for s in (args.ensemble or DEFAULT_ENSEMBLES)]
         measure_ensembles(found, args.data_dir or str(default_esc50_dir()), sets, res_dir / "ensembles.json")
 

@@ -77,11 +77,11 @@ TRAINING = {
         config_comment="e.g. {\"embed_dim\": 192, \"depth\": 6}; keys: models/vjepa2.py",
         preset='"mini"',
         model_config='{"stem": "conv"}',
-        train_overrides='{"epochs": 100, "lr": 1e-3, "ema": 0.999, "select": "last", "val_every": 10}',
-        differs=("the folds: the defaults below are `recipes/vjepa2_bf16.yaml` (bf16 autocast where the CPU "
-                 "has it, EMA, the last weights), which trains on folds 1-3 and watches fold 4; the shipped "
-                 "checkpoint is that recipe refit on folds 1-4 (`python train.py --recipe "
-                 "recipes/vjepa2_bf16_refit.yaml`)."),
+        train_overrides='{"epochs": 200, "lr": 1e-3, "ema": 0.999, "select": "last", "val_every": 10}',
+        differs=("the folds: the defaults below are `recipes/vjepa2_bf16_long.yaml` (bf16 autocast where the CPU "
+                 "has it, EMA, the last weights, 200 epochs), which trains on folds 1-3 and watches fold 4; the "
+                 "shipped checkpoint is that recipe refit on folds 1-4 (`python train.py --recipe "
+                 "recipes/vjepa2_bf16_long_refit.yaml`)."),
     ),
 }
 
