@@ -2,20 +2,18 @@
 set of committed files, and the comparison plots do not zoom accuracy axes onto noise."""
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 
 import pytest
 
+from scripts import load_script
+
 REPO = Path(__file__).resolve().parent.parent
 
 
 def _script():
-    spec = importlib.util.spec_from_file_location("collect_results", REPO / "benchmarks" / "collect_results.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return load_script("benchmarks/collect_results.py")
 
 
 def _metrics(val, test, params):
@@ -225,10 +223,7 @@ def test_a_seed_member_is_the_mean_of_its_runs_and_weighs_like_one_member(esc50_
     assert len(calls) == 2 and all(a["acc"] == res["acc"] for a in again)
 
     # NAME+seeds: the shipped checkpoint and checkpoints/seeds/NAME_esc50_seed*
-    import importlib.util
-    spec = importlib.util.spec_from_file_location("collect_results", REPO / "benchmarks" / "collect_results.py")
-    cr = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(cr)
+    cr = _script()
     from training.results import ModelResult
     (tmp_path / "ck" / "seeds").mkdir(parents=True)
     for f in ("cnn_esc50.safetensors", "seeds/cnn_esc50_seed2.safetensors", "seeds/cnn_esc50_seed1.safetensors",

@@ -1,16 +1,14 @@
 """data/download_esc50.py, tested offline against archives the test builds."""
-import importlib.util
 import zipfile
 from pathlib import Path
 
 import pytest
 
 import audio_utils as au
+from scripts import load_script
 from synth import make_esc50
 
-_spec = importlib.util.spec_from_file_location("download_esc50", Path(__file__).parent.parent / "data" / "download_esc50.py")
-dl = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(dl)
+dl = load_script("data/download_esc50.py")
 
 
 def _zip_tree(src: Path, archive: Path, drop: str | None = None) -> Path:

@@ -215,11 +215,9 @@ def test_experiment_helpers(drum_folder):
 
 
 def test_experiment_script_tiny(drum_folder, capsys):
-    import importlib.util
+    from scripts import load_script
 
-    spec = importlib.util.spec_from_file_location("drums_experiment", REPO / "benchmarks" / "drums_experiment.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
+    mod = load_script("benchmarks/drums_experiment.py")
     assert mod.main(["--data-dir", str(drum_folder), "--tiny", "--models", "mlp", "--seeds", "0"]) == 0
     out = capsys.readouterr().out
     assert re.search(r"\| mlp +\|", out) and "snare_vs_rest" in out and "positives" in out

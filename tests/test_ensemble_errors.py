@@ -1,19 +1,15 @@
 """benchmarks/ensemble_errors.py: the ensemble, its oracle bound and its errors, from saved predictions only."""
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parent.parent
+from scripts import load_script
 
 
 def _script():
-    spec = importlib.util.spec_from_file_location("ensemble_errors", REPO / "benchmarks" / "ensemble_errors.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return load_script("benchmarks/ensemble_errors.py")
 
 
 def _write(folder: Path, rows):

@@ -11,11 +11,12 @@
 """
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 
 import pytest
+
+from scripts import load_script
 
 nbformat = pytest.importorskip("nbformat")
 
@@ -26,10 +27,7 @@ MODEL_SPECIFIC_CELLS = {"intro", "config", "jepa-md", "jepa"}
 
 
 def _generator():
-    spec = importlib.util.spec_from_file_location("make_notebooks", NB_DIR / "make_notebooks.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return load_script("notebooks/make_notebooks.py")
 
 
 # --------------------------------------------------------------------------------------------
