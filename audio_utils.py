@@ -500,7 +500,7 @@ def spectral_augment(x: torch.Tensor, cfg: AugmentConfig, g: torch.Generator | N
 
 
 def between_class_mix(x: torch.Tensor, y: torch.Tensor, num_classes: int, g: torch.Generator | None = None,
-                      eps: float = 1e-3) -> tuple[torch.Tensor, torch.Tensor]:
+                      eps: float = 1e-3, return_mixing: bool = False):
     """Between-class (BC) mixing of un-normalised log-power mels ``[B, T, F]`` (Tokozume et al. 2018).
 
     Each clip is mixed with a random partner of the batch at a ratio ``r ~ U(0, 1)``, as if their
@@ -508,7 +508,9 @@ def between_class_mix(x: torch.Tensor, y: torch.Tensor, num_classes: int, g: tor
     the first clip's amplitude weight is ``p = 1 / (1 + 10^((G1 - G2)/20) (1 - r)/r)`` so that the
     perceived ratio is ``r``; for uncorrelated sounds the mixture's power is ``p^2 P1 + (1-p)^2 P2``,
     normalised by ``p^2 + (1-p)^2``, i.e. ``logaddexp`` of the log-mels. Returns the mixed
-    features and the soft targets ``r y1 + (1 - r) y2`` ``[B, num_classes]``.
+    features and the soft targets ``r y1 + (1 - r) y2`` ``[B, num_classes]``; with ``return_mixing``
+    also the mixing matrix ``M`` ``[B, B]`` (``M[i, i] = r_i``, ``M[i, partner_i] += 1 - r_i``), so that
+    any per-clip targets ``Q`` ``[B, C]`` mix as ``M @ Q`` (the targets are ``M @ one_hot(y)``).
     """
     b, t, f = x.shape
     perm = torch.randperm(b, generator=g)
@@ -519,7 +521,10 @@ def between_class_mix(x: torch.Tensor, y: torch.Tensor, num_classes: int, g: tor
     mixed = torch.logaddexp(x + 2 * torch.log(p), x[perm] + 2 * torch.log1p(-p)) - torch.log(p ** 2 + (1 - p) ** 2)
     onehot = torch.nn.functional.one_hot(y, num_classes).float()
     target = r.view(b, 1) * onehot + (1 - r.view(b, 1)) * onehot[perm]
-    return mixed, target
+    if not return_mixing:
+        return mixed, target
+    eye = torch.eye(b)
+    return mixed, target, r.view(b, 1) * eye + (1 - r.view(b, 1)) * eye[perm]
 
 
 def multi_crop_offsets(total_frames: int, crop_frames: int, n_crops: int) -> list[int]:
@@ -690,13 +695,14 @@ class FeatureDataset(torch.utils.data.Dataset):
         x, y = self._views(indices, g)
         return self._finish(x, g), y
 
-    def get_mixed_batch(self, indices, generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    def get_mixed_batch(self, indices, generator: torch.Generator | None = None, return_mixing: bool = False):
         """Like :meth:`get_batch`, with every view mixed with another of the batch by
-        :func:`between_class_mix` (before normalisation); the targets are soft ``[B, classes]``."""
+        :func:`between_class_mix` (before normalisation); the targets are soft ``[B, classes]``.
+        ``return_mixing`` adds the ``[B, B]`` mixing matrix (per-clip soft targets mix as ``M @ Q``)."""
         g = generator if generator is not None else self.generator
         x, y = self._views(indices, g)
-        x, target = between_class_mix(x, y, self.num_classes, g)
-        return self._finish(x, g), target
+        x, target, *mixing = between_class_mix(x, y, self.num_classes, g, return_mixing=return_mixing)
+        return (self._finish(x, g), target, *mixing)
 
     def get_crops(self, indices, n_frames: int, n_crops: int) -> tuple[torch.Tensor, torch.Tensor]:
         """``n_crops`` evenly spaced ``n_frames`` views of each clip's full features (no augmentation):

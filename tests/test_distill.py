@@ -123,6 +123,9 @@ def test_offline_targets_are_the_teachers_clean_clip_probabilities(esc50_flac, t
     x, _ = clean.get_batch(torch.arange(clean.num_clips))
     assert probs.shape == (train_ds.num_clips, train_ds.num_classes)
     assert torch.allclose(probs, torch.softmax(model(x), -1), atol=1e-5)
+    train_ds.crop_frames = 4                           # a student on crops: the teacher still sees whole clips
+    assert torch.allclose(teacher.precompute(train_ds, batch_size=5), probs, atol=1e-6)
+    assert train_ds.crop_frames == 4
 
 
 def test_teacher_with_other_classes_is_refused(tmp_path):

@@ -202,16 +202,55 @@ def test_between_class_mix_compensates_loudness():
     pytest.fail("the permutation never paired the two clips")
 
 
-def test_bc_training_runs_and_refuses_distillation(esc50_flac, tmp_path):
+def test_bc_training_runs(esc50_flac, tmp_path):
     train, val, _ = _data(esc50_flac, test_folds=(), augment=True)
     model = models.build_model("cnn", num_classes=train.num_classes, preset="tiny")
     metrics = fit(model, train, val, None, TrainConfig(epochs=2, bc_mix=1.0, **FAST), tmp_path / "bc", resume=False)
     assert metrics["epochs_run"] == 2 and math.isfinite(metrics["val_acc"])
     x, target = train.get_mixed_batch([0, 1, 2, 3], torch.Generator().manual_seed(0))
     assert x.shape[0] == 4 and target.shape == (4, train.num_classes)
-    with pytest.raises(ValueError, match="not supported with distillation"):
-        fit(model, train, val, None, TrainConfig(epochs=1, bc_mix=0.5, **FAST), tmp_path / "bc2", resume=False,
-            teacher=object())
+
+
+def test_bc_mixing_matrix_mixes_any_per_clip_targets_as_the_labels():
+    g = torch.Generator().manual_seed(3)
+    x, y = torch.randn(6, 10, 8), torch.tensor([0, 1, 2, 3, 4, 4])
+    mixed, target = au.between_class_mix(x, y, 5, torch.Generator().manual_seed(3))
+    mixed2, target2, m = au.between_class_mix(x, y, 5, g, return_mixing=True)
+    assert torch.equal(mixed, mixed2) and torch.equal(target, target2)       # same draws with or without M
+    torch.testing.assert_close(m @ torch.nn.functional.one_hot(y, 5).float(), target)
+    torch.testing.assert_close(m.sum(1), torch.ones(6))
+    assert ((m > 0).sum(1) <= 2).all() and (m.diagonal() > 0).all()          # each view: itself and one partner
+
+
+def test_offline_distillation_mixes_teacher_targets_as_bc_mixes_the_labels(esc50_flac, tmp_path, monkeypatch):
+    """With between-class mixing, a view's offline teacher target is its two clips' teacher probabilities at
+    the view's mixing ratio: a teacher that returns each clip's one-hot label gives exactly the BC targets."""
+    import training.distill as distill
+    train, val, _ = _data(esc50_flac, test_folds=(), augment=True)
+    teacher = distill.Teacher([torch.nn.Identity()], [None], temperature=1.0)
+    teacher.clip_probs = torch.nn.functional.one_hot(train.labels, train.num_classes).float()
+    seen = {"targets": [], "soft": []}
+    get_mixed = train.get_mixed_batch
+
+    def spy_batch(*a, **kw):
+        out = get_mixed(*a, **kw)
+        seen["targets"].append(out[1])
+        return out
+
+    def spy_loss(logits, soft, temperature):
+        seen["soft"].append(soft)
+        return distill_loss(logits, soft, temperature)
+
+    distill_loss = distill.distill_loss
+    monkeypatch.setattr(train, "get_mixed_batch", spy_batch)
+    monkeypatch.setattr(distill, "distill_loss", spy_loss)
+    model = models.build_model("cnn", num_classes=train.num_classes, preset="tiny")
+    fit(model, train, val, None, TrainConfig(epochs=1, bc_mix=1.0, distill_mode="offline", distill_weight=1.0,
+                                             distill_temp=1.0, **FAST), tmp_path / "kd", resume=False, teacher=teacher)
+    assert len(seen["soft"]) == len(seen["targets"]) > 1
+    assert any((t.max(-1).values < 1).any() for t in seen["targets"])        # really mixed
+    for t, s in zip(seen["targets"], seen["soft"]):
+        torch.testing.assert_close(s, t)
 
 
 def test_soft_cross_entropy_matches_hard_targets():

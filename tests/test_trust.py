@@ -385,11 +385,16 @@ def test_a_recipe_extends_another(tmp_path):
                  "train": {"epochs": 7, "lr": 0.01}, "config": {"hidden": 40}}
     a = cli.parse_args(["--recipe", str(tmp_path / "refit.yaml")])
     assert a.train_folds == (1, 2, 3, 4) and a.val_folds == () and a.seed == 1 and a.epochs == 7 and a.lr == 0.01
+    (tmp_path / "kd.yaml").write_text("train:\n  distill_weight: 0.5\n  lr: 0.02\n")
+    (tmp_path / "both.yaml").write_text("extends: [refit.yaml, kd.yaml]\nseed: 2\n")   # in order, then its own
+    assert load_recipe(tmp_path / "both.yaml") == {
+        "model": "mlp", "seed": 2, "train_folds": [1, 2, 3, 4], "val_folds": [],
+        "train": {"epochs": 7, "lr": 0.02, "distill_weight": 0.5}, "config": {"hidden": 40}}
     (tmp_path / "loop.yaml").write_text("extends: loop2.yaml\n")
     (tmp_path / "loop2.yaml").write_text("extends: loop.yaml\nmodel: mlp\n")
-    for name, msg in (("loop.yaml", "cycle"), ("orphan.yaml", "not found")):
-        if name == "orphan.yaml":
-            (tmp_path / name).write_text("extends: nowhere.yaml\n")
+    (tmp_path / "orphan.yaml").write_text("extends: [base.yaml, nowhere.yaml]\n")
+    (tmp_path / "odd.yaml").write_text("extends: [base.yaml, 3]\n")
+    for name, msg in (("loop.yaml", "cycle"), ("orphan.yaml", "not found"), ("odd.yaml", "list of them")):
         with pytest.raises(OptionError, match=msg):
             load_recipe(tmp_path / name)
 

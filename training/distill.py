@@ -8,9 +8,10 @@ Two modes (``TrainConfig.distill_mode``):
 
 * ``online``: the teacher sees exactly the student's (augmented, mixed) batch, so every view gets
   its own target; it costs one teacher forward pass per step.
-* ``offline``: the teacher's probabilities for each training clip (centre crop, no augmentation)
-  are computed once; a view takes its clip's target and mixup mixes the targets with the same
-  ``lam``. Free per step, so an ensemble teacher costs no more than a single one.
+* ``offline``: the teacher's probabilities for each training clip (the whole clip, no augmentation,
+  as the teachers are evaluated) are computed once; a view takes its clip's target, and mixup or
+  between-class mixing mixes the targets as it mixes the labels (same ``lam``, same ratio and partner).
+  Free per step, so an ensemble teacher costs no more than a single one.
 
 A teacher must not have seen the student's held-out data: :func:`training.provenance.check_lineage`
 refuses a teacher that trained on the student's validation or test clips, or selected its epoch
@@ -70,9 +71,10 @@ class Teacher(nn.Module):
 
     @torch.no_grad()
     def precompute(self, train_ds, batch_size: int = 128, device="cpu") -> torch.Tensor:
-        """Offline mode: cache this teacher's probabilities for every clip of ``train_ds`` (one
-        un-augmented centre view each) as ``clip_probs``."""
+        """Offline mode: cache this teacher's probabilities for every clip of ``train_ds`` (the
+        whole un-augmented clip, also when the student trains on crops) as ``clip_probs``."""
         view = train_ds.subset(range(train_ds.num_clips), augment=False, expansion=1)
+        view.crop_frames = None
         out = []
         for s in range(0, view.num_clips, batch_size):
             x, _ = view.get_batch(torch.arange(s, min(s + batch_size, view.num_clips)))

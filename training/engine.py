@@ -381,8 +381,6 @@ def _check_config(cfg: TrainConfig, teacher, val_ds=True) -> None:
         raise ValueError(f"select must be 'best' or 'last', got {cfg.select!r}")
     if not 0.0 <= cfg.ema < 1.0:
         raise ValueError(f"ema must be a decay in [0, 1), got {cfg.ema}")
-    if cfg.bc_mix > 0 and teacher is not None:
-        raise ValueError("between-class mixing (bc_mix) is not supported with distillation")
 
 
 def _soft_cross_entropy(logits: torch.Tensor, target: torch.Tensor, weights=None, smoothing: float = 0.0):
@@ -529,6 +527,7 @@ def fit(model: torch.nn.Module, train_ds, val_ds, test_ds=None, cfg: TrainConfig
             val["accuracy"], val["loss"] = v.tolist()
         return val
 
+    offline = teacher is not None and teacher.clip_probs is not None   # distillation from cached targets
     stopped = False
     loop_t0 = time.perf_counter()
     earlier = sum(h["epoch_time"] + h.get("eval_time", 0.0) for h in history)   # before a resume
@@ -546,13 +545,16 @@ def fit(model: torch.nn.Module, train_ds, val_ds, test_ds=None, cfg: TrainConfig
             mixed = not bc and cfg.mixup > 0 and float(torch.rand(1, generator=gen)) < cfg.mixup_prob
             td = time.perf_counter()
             if bc:
-                x, target = train_ds.get_mixed_batch(idx, aug_gen)
+                x, target, *mixing = train_ds.get_mixed_batch(idx, aug_gen, return_mixing=offline)
                 y = target.argmax(-1)
                 target = target.to(device, non_blocking=True)
             else:
                 x, y = train_ds.get_batch(idx, aug_gen)
             data_time += time.perf_counter() - td
             x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+            if offline:                                         # cached per training clip, mixed as the labels
+                soft = teacher.clip_probs[torch.as_tensor(idx) % train_ds.num_clips]
+                soft = (mixing[0] @ soft if bc else soft).to(device)     # float32, outside autocast
             with autocast(device, dtype):
                 if bc:
                     logits = model(x)
@@ -568,8 +570,7 @@ def fit(model: torch.nn.Module, train_ds, val_ds, test_ds=None, cfg: TrainConfig
                     logits = model(x)
                     loss = F.cross_entropy(logits.float(), y, weights, label_smoothing=cfg.label_smoothing)
                 if teacher is not None:
-                    if teacher.clip_probs is not None:          # offline: cached per training clip
-                        soft = teacher.clip_probs[torch.as_tensor(idx) % train_ds.num_clips].to(device)
+                    if offline:
                         soft = lam * soft + (1 - lam) * soft[perm.to(device)] if mixed else soft
                     else:                                       # online: the teacher sees this batch
                         soft = teacher(xm if mixed else x)

@@ -380,25 +380,34 @@ RECIPE_MAPPINGS = ("train", "config", "feature", "augment")     # merged key by 
 def load_recipe(path: str | Path, _seen: tuple = ()) -> dict:
     """Settings of a run from a ``.yaml``/``.yml``, ``.toml`` or ``.json`` file (a mapping).
 
-    ``extends: OTHER`` (a path relative to the file) starts from that recipe's settings: top-level
-    settings replace the base's, the ``train`` / ``config`` / ``feature`` / ``augment`` mappings
-    are merged key by key (a refit is its recipe plus the folds and seed that differ)."""
+    ``extends: OTHER`` (a path relative to the file), or a list of them applied in order, starts from
+    those recipes' settings: top-level settings replace the earlier ones, the ``train`` / ``config`` /
+    ``feature`` / ``augment`` mappings are merged key by key (a refit is its recipe plus the folds and
+    seed that differ; a distilled run is its recipe plus a file of distillation settings)."""
     path = Path(path)
     if not path.is_file():
         raise OptionError(f"--recipe: {path} not found")
     data = _read_recipe(path)
-    base = data.pop("extends", None)
-    if base is None:
+    bases = data.pop("extends", None)
+    if bases is None:
         return data
-    if not isinstance(base, str) or not base:
-        raise OptionError(f"--recipe: {path}: 'extends' must be a recipe file name")
-    base_path = (path.parent / base).resolve()
-    if base_path in _seen or base_path == path.resolve():
-        raise OptionError(f"--recipe: {path}: 'extends' makes a cycle through {base}")
-    if not base_path.is_file():
-        raise OptionError(f"--recipe: {path}: extends {base}, which is not found")
-    merged = load_recipe(base_path, _seen + (path.resolve(),))
-    for key, value in data.items():
+    bases = [bases] if isinstance(bases, str) else bases
+    if not isinstance(bases, list) or not bases or not all(isinstance(b, str) and b for b in bases):
+        raise OptionError(f"--recipe: {path}: 'extends' must be a recipe file name or a list of them")
+    merged: dict = {}
+    for base in bases:
+        base_path = (path.parent / base).resolve()
+        if base_path in _seen or base_path == path.resolve():
+            raise OptionError(f"--recipe: {path}: 'extends' makes a cycle through {base}")
+        if not base_path.is_file():
+            raise OptionError(f"--recipe: {path}: extends {base}, which is not found")
+        merged = _merge_recipe(merged, load_recipe(base_path, _seen + (path.resolve(),)))
+    return _merge_recipe(merged, data)
+
+
+def _merge_recipe(base: dict, over: dict) -> dict:
+    merged = dict(base)
+    for key, value in over.items():
         if key in RECIPE_MAPPINGS and isinstance(value, dict) and isinstance(merged.get(key), dict):
             merged[key] = {**merged[key], **value}
         else:
