@@ -146,3 +146,23 @@ def test_teacher_with_other_classes_is_refused(tmp_path):
 
     with pytest.raises(ValueError, match="other classes"):
         Teacher.from_checkpoints([path], DS(), dict(ESC))
+
+
+def test_teacher_targets_script_reports_the_targets_on_training_clips(esc50_flac, tmp_path, capsys):
+    import re
+
+    from scripts import load_script
+    tt = load_script("benchmarks/teacher_targets.py")
+    rc, _ = _run(["--model", "cnn", "--data-dir", str(esc50_flac), "--preset", "tiny", "--epochs", "1",
+                  "--out", str(tmp_path / "t")], capsys)
+    assert rc == 0
+    ck = str(tmp_path / "t" / "best.safetensors")
+    assert tt.main([ck, ck, "--data-dir", str(esc50_flac), "--temp", "3"]) == 0
+    out = capsys.readouterr().out
+    acc = float(re.search(r"teacher accuracy on these clips: ([0-9.]+)", out).group(1))
+    p1, p3 = (float(v) for v in re.findall(r"mean probability of the true class ([0-9.]+)", out))
+    h1, h3 = (float(v) for v in re.findall(r"mean entropy ([0-9.]+)", out))
+    assert 0 <= acc <= 1 and 0 < p1 < 1 and 0 < p3 < 1 and h1 < h3      # a higher temperature softens the targets
+    assert tt.main([str(tmp_path / "missing.safetensors"), "--data-dir", str(esc50_flac)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error:") and err.count("\n") == 1
