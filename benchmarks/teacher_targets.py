@@ -40,12 +40,13 @@ def main(argv=None) -> int:
     train_ds.set_normalization(*train_ds.compute_normalization())
     labels = train_ds.labels
     print(f"teacher: mean of {len(args.checkpoints)} checkpoints; {train_ds.num_clips} clips of folds {list(folds)}")
+    try:
+        teacher = Teacher.from_checkpoints(args.checkpoints, train_ds, spec.describe())
+    except (ValueError, OSError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     for temp in (1.0, args.temp):
-        try:
-            teacher = Teacher.from_checkpoints(args.checkpoints, train_ds, spec.describe(), temp)
-        except (ValueError, OSError) as e:
-            print(f"error: {e}", file=sys.stderr)
-            return 2
+        teacher.temperature = temp                    # the same loaded members at each temperature
         probs = teacher.precompute(train_ds)
         true = probs.gather(1, labels.view(-1, 1)).squeeze(1)
         entropy = -(probs * probs.clamp_min(1e-12).log()).sum(1)
