@@ -10,7 +10,9 @@ Reads only committed files (no data, no training, no timing) unless a ``--measur
   ``benchmarks/bench_inference.py`` and rewrites it; ``--latency-from FILE`` converts a saved
   output of that script);
 * ``results/ensembles.json``: probability-mean ensembles on folds 4 and 5 (``--measure-ensembles``
-  recomputes them from the shipped checkpoints; needs the ESC-50 data);
+  recomputes them from the shipped checkpoints; needs the ESC-50 data). A member is a model's name (its
+  shipped checkpoint), ``NAME+seeds`` (with its seed runs) or a path under the checkpoint directory without
+  the suffix (``refit/liquid_s4_mel64_refit``: a checkpoint that is not shipped);
 * ``results/attempts.csv``: the accuracy of each attempt per model (fold-4 val / fold-5 test);
 * ``results/seeds.csv``: every seed of each final recipe (``recipe,seed,train_folds,run_metrics,test_metrics``:
   the run's ``metrics.json`` for its fold-4 accuracy, the ``inference.py --evaluate --fold 5`` one for its
@@ -48,7 +50,10 @@ from training.latency import parse_bench_inference, read_latency  # noqa: E402
 from training.plots import binomial_ci  # noqa: E402
 
 DEFAULT_ENSEMBLES = ("liquid_s4,mamba,vjepa2", "liquid_s4,mamba,vjepa2,cnn",
-                     "liquid_s4+seeds,mamba+seeds,vjepa2+seeds", "liquid_s4+seeds,mamba+seeds,vjepa2+seeds,cnn+seeds")
+                     "liquid_s4+seeds,mamba+seeds,vjepa2+seeds", "liquid_s4+seeds,mamba+seeds,vjepa2+seeds,cnn+seeds",
+                     # both feature resolutions (ninth session): the refits of the final recipes at 128 and at 64
+                     # mel bands, the shipped ones and those they replaced or that did not ship
+                     "liquid_s4,mamba,vjepa2,refit/liquid_s4_mel64_refit,refit/vjepa2_bf16_long_refit")
 SEEDS = "+seeds"     # a member "NAME+seeds": the shipped checkpoint and checkpoints/seeds/NAME_esc50_seed*, averaged
 MARKERS = ("results", "attempts", "seeds", "latency")
 
@@ -104,15 +109,20 @@ def latency_from(bench_txt: Path, dest: Path, recorded: str | None = None) -> Pa
     return dest
 
 
-def measure_ensembles(found: dict, data_dir: str, sets: list[list[str]], dest: Path) -> Path:
+def measure_ensembles(found: dict, data_dir: str, sets: list[list[str]], dest: Path,
+                      checkpoint_dir: str | os.PathLike | None = None) -> Path:
     from training.ensemble import ensemble_accuracy
 
     out, cache = [], {}          # each checkpoint evaluated once per fold, whatever ensembles share it
     for members in sets:
-        missing = [m for m in members if getattr(found.get(m.removesuffix(SEEDS)), "checkpoint", None) is None]
+        missing = [m for m in members if not results.is_checkpoint_member(m)
+                   and getattr(found.get(m.removesuffix(SEEDS)), "checkpoint", None) is None]
         if missing:
             raise UsageError(f"ensemble {'+'.join(members)}: no shipped checkpoint for {', '.join(missing)}")
-        cks = {m: member_checkpoints(found, m) for m in members}
+        cks = {m: member_checkpoints(found, m, checkpoint_dir) for m in members}
+        absent = [display(c) for cs in cks.values() for c in cs if not c.exists()]
+        if absent:
+            raise UsageError(f"ensemble {'+'.join(members)}: no such checkpoint: {', '.join(absent)}")
         # a member trained on fold 4 (a refit) makes the ensemble's fold-4 figure meaningless: not measured
         trained_on_4 = any(4 in ((read_meta(c).get("dataset") or {}).get("train_folds") or [])
                            for cs in cks.values() for c in cs)
@@ -128,8 +138,13 @@ def measure_ensembles(found: dict, data_dir: str, sets: list[list[str]], dest: P
     return dest
 
 
-def member_checkpoints(found: dict, member: str) -> list[Path]:
-    """The checkpoints of an ensemble member: the shipped one, plus its seed runs for ``NAME+seeds``."""
+def member_checkpoints(found: dict, member: str, checkpoint_dir: str | os.PathLike | None = None) -> list[Path]:
+    """The checkpoints of an ensemble member: the shipped one, plus its seed runs for ``NAME+seeds``; for a
+    path (``refit/NAME``), ``checkpoint_dir/refit/NAME.safetensors``."""
+    if results.is_checkpoint_member(member):
+        if checkpoint_dir is None:
+            raise UsageError(f"ensemble member {member}: a path needs the checkpoint directory")
+        return [Path(checkpoint_dir) / f"{member}.safetensors"]
     name = member.removesuffix(SEEDS)
     shipped = found[name].checkpoint
     if member == name:
@@ -176,7 +191,7 @@ def results_table(found: dict, recipes: pd.DataFrame, latency: dict[str, float],
     for e in ensembles:
         ci = binomial_ci(e.get("test_acc"), e.get("n_test"))
         label = " + ".join(f"{m.removesuffix(SEEDS)} ({len(e['checkpoints'][m])} seeds)"
-                           if m.endswith(SEEDS) and len(e["checkpoints"][m]) > 1 else m.removesuffix(SEEDS)
+                           if m.endswith(SEEDS) and len(e["checkpoints"][m]) > 1 else results.member_label(m)
                            for m in e["members"])
         rows.append({"model": f"ensemble: {label} (mean probability)", "shipped checkpoint": "",
                      "params": "", "fold-4 val": _acc(e.get("val_acc")) if e.get("n_val", 1) else "a member trained on it",
@@ -345,7 +360,8 @@ def run(args) -> int:
         from training.data import default_esc50_dir
         torch.set_num_threads(args.threads)
         sets = [[m for m in s.split(",") if m] for s in (args.ensemble or DEFAULT_ENSEMBLES)]
-        measure_ensembles(found, args.data_dir or str(default_esc50_dir()), sets, res_dir / "ensembles.json")
+        measure_ensembles(found, args.data_dir or str(default_esc50_dir()), sets, res_dir / "ensembles.json",
+                          args.checkpoint_dir)
 
     recipes = read_models_csv(res_dir / "models.csv")
     latency, lat_info = read_latency(res_dir / "latency.json")

@@ -233,6 +233,11 @@ def test_a_seed_member_is_the_mean_of_its_runs_and_weighs_like_one_member(esc50_
     assert [p.name for p in cr.member_checkpoints(found, "cnn+seeds")] == [
         "cnn_esc50.safetensors", "cnn_esc50_seed1.safetensors", "cnn_esc50_seed2.safetensors"]
     assert [p.name for p in cr.member_checkpoints(found, "cnn")] == ["cnn_esc50.safetensors"]
+    # a path under the checkpoint directory: that checkpoint alone, shown by its file name
+    assert cr.member_checkpoints(found, "refit/cnn_refit", tmp_path / "ck") == [tmp_path / "ck" / "refit" / "cnn_refit.safetensors"]
+    assert cr.results.member_label("refit/cnn_refit") == "cnn_refit" and cr.results.member_label("cnn") == "cnn"
+    with pytest.raises(cr.UsageError, match="no such checkpoint: .*refit/cnn_refit.safetensors"):
+        cr.measure_ensembles(found, str(tmp_path), [["cnn", "refit/cnn_refit"]], tmp_path / "e.json", tmp_path / "ck")
 
 
 def test_an_ensemble_with_a_refit_member_has_no_fold4_figure(esc50_flac, tmp_path):
@@ -248,9 +253,14 @@ def test_an_ensemble_with_a_refit_member_has_no_fold4_figure(esc50_flac, tmp_pat
                          "--batch-size", "6", "--no-progress", "--threads", "1", "--no-augment", "--select", "last",
                          "--test-folds", "", *folds, "--out", str(out)]) == 0
         found[name] = SimpleNamespace(checkpoint=out / "best.safetensors")
-    dest = cr.measure_ensembles(found, str(esc50_flac), [["a"], ["a", "b"]], tmp_path / "ensembles.json")
-    plain, refit = json.loads(dest.read_text())["ensembles"]
+    dest = cr.measure_ensembles(found, str(esc50_flac), [["a"], ["a", "b"], ["a", "b/best"]], tmp_path / "ensembles.json",
+                                checkpoint_dir=tmp_path)
+    plain, refit, by_path = json.loads(dest.read_text())["ensembles"]
     assert plain["n_val"] == 6 and plain["val_acc"] is not None
     assert refit["val_acc"] is None and refit["n_val"] == 0 and refit["n_test"] == 6
-    table = cr.results_table({}, cr.pd.DataFrame(), {}, [plain, refit])
-    assert list(table["fold-4 val"]) == [f"{plain['val_acc']:.4f}", "a member trained on it"]
+    # the same checkpoint named by its path under the checkpoint directory: the same ensemble
+    assert by_path["test_acc"] == refit["test_acc"] and by_path["val_acc"] is None
+    assert by_path["checkpoints"]["b/best"] == [str(tmp_path / "b" / "best.safetensors")]
+    table = cr.results_table({}, cr.pd.DataFrame(), {}, [plain, refit, by_path])
+    assert list(table["fold-4 val"]) == [f"{plain['val_acc']:.4f}", "a member trained on it", "a member trained on it"]
+    assert table["model"].iloc[-1] == "ensemble: a + best (mean probability)"

@@ -15,6 +15,8 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
+from training.results import member_label
+
 # an accuracy axis spans at least this much (about four 95 % half-widths at n=400, p=0.7)
 MIN_ACC_SPAN = 0.2
 
@@ -216,7 +218,7 @@ def _bars(results: dict, ensembles: Sequence[dict] = ()):
             colors.append(_color(i))
     for e in ensembles:
         if e.get("test_acc") is not None:
-            labels.append(f"ensemble of {len(e['members'])}\n(" + ",\n".join(e["members"]) + ")")
+            labels.append(f"ensemble of {len(e['members'])}\n(" + ",\n".join(map(member_label, e["members"])) + ")")
             vals.append(e["test_acc"])
             ns.append(e.get("n_test"))
             colors.append("0.35")
