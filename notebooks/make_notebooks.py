@@ -77,11 +77,13 @@ TRAINING = {
         config_comment="e.g. {\"embed_dim\": 192, \"depth\": 6}; keys: models/vjepa2.py",
         preset='"mini"',
         model_config='{"stem": "conv"}',
-        train_overrides='{"epochs": 200, "lr": 1e-3, "ema": 0.999, "select": "last", "val_every": 10}',
-        differs=("the folds: the defaults below are `recipes/vjepa2_bf16_long.yaml` (bf16 autocast where the CPU "
-                 "has it, EMA, the last weights, 200 epochs), which trains on folds 1-3 and watches fold 4; the "
-                 "shipped checkpoint is that recipe refit on folds 1-4 (`python train.py --recipe "
-                 "recipes/vjepa2_bf16_long_refit.yaml`)."),
+        feature='{"n_mels": 64}',
+        augment='{"freq_mask_param": 12}',
+        train_overrides='{"epochs": 375, "lr": 1e-3, "ema": 0.999, "select": "last", "val_every": 10}',
+        differs=("the folds: the defaults below are `recipes/vjepa2_bf16_mel64.yaml` (64 mel bands, bf16 autocast "
+                 "where the CPU has it, EMA, the last weights, 375 epochs), which trains on folds 1-3 and watches "
+                 "fold 4; the shipped checkpoint is that recipe refit on folds 1-4 (`python train.py --recipe "
+                 "recipes/vjepa2_bf16_mel64_refit.yaml`)."),
     ),
 }
 
@@ -123,6 +125,7 @@ def training_cells(model: str, spec: dict) -> list:
            "configuration); `TRAIN_OVERRIDES` overrides the engine's hyperparameters on top of the model's "
            "`train_defaults` (epochs, lr, batch_size, weight_decay, mixup, label_smoothing, patience, "
            "threads, crop, bc_mix, ema, select, ...); `AUGMENT` overrides fields of `audio_utils.AugmentConfig`; "
+           "`FEATURE` overrides fields of `audio_utils.FeatureConfig` (e.g. `n_mels`); "
            "`EXPANSION` is the number of augmented views of each training clip per epoch. "
            "`SHIP = True` copies a finished full run to `checkpoints/` (only if its validation accuracy "
            "beats the shipped one); by default the run stays in `runs/`.", id="config-md"),
@@ -130,7 +133,8 @@ def training_cells(model: str, spec: dict) -> list:
              f"PRESET = {spec.get('preset', 'None')}\n"
              f"MODEL_CONFIG = {spec.get('model_config', '{}')}      # {spec['config_comment']}\n"
              f"TRAIN_OVERRIDES = {spec.get('train_overrides', '{}')}   # e.g. {{\"threads\": 2, \"lr\": 1e-3}}\n"
-             "AUGMENT = {}          # e.g. {\"eq_prob\": 0.8, \"stretch_prob\": 0.5}\n"
+             f"FEATURE = {spec.get('feature', '{}')}          # e.g. {{\"n_mels\": 64}}\n"
+             f"AUGMENT = {spec.get('augment', '{}')}          # e.g. {{\"eq_prob\": 0.8, \"stretch_prob\": 0.5}}\n"
              "EXPANSION = 1\n"
              "SHIP = False          # True: copy the finished run to checkpoints/ (the shipping rule applies)",
              id="config"),
@@ -149,7 +153,7 @@ env = nbu.notebook_env()   # TOOLKIT_TINY / TOOLKIT_DATA_DIR / TOOLKIT_RUNS_DIR 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 PRESET = "tiny" if env.tiny else PRESET
 cfg = make_train_config(MODEL_NAME, device=DEVICE, **nbu.train_overrides(env, TRAIN_OVERRIDES))
-spec = DataSpec(root=str(env.data_dir), expansion=EXPANSION, augment_config=AUGMENT)
+spec = DataSpec(root=str(env.data_dir), expansion=EXPANSION, feature_config=FEATURE, augment_config=AUGMENT)
 OUT_DIR = env.runs_dir / f"{MODEL_NAME}_notebook"      # train.py runs use runs/<model>_esc50
 SHIP = SHIP and nbu.is_full_run(MODEL_NAME, cfg, env)  # never in tiny mode or for short runs
 
@@ -157,8 +161,8 @@ print(env.describe())
 print(f"model {MODEL_NAME}, preset {PRESET}, device {DEVICE}, output {OUT_DIR}, ship to checkpoints/: {SHIP}")
 print(cfg)""", id="setup"),
         md("## The data\n\nESC-50: 2000 five-second clips, 50 classes, 40 per class, 8 per class in "
-           "each of the 5 official folds. Features are 128-bin log-mels (16 kHz, n_fft 1024, hop "
-           "512) cropped to 155 frames and cached on disk after the first run (`data/cache/`). "
+           "each of the 5 official folds. Features are log-mels (16 kHz, n_fft 1024, hop 512, 128 mel "
+           "bins unless `FEATURE` says otherwise) cropped to 155 frames and cached on disk after the first run (`data/cache/`). "
            "Each epoch sees every training clip `EXPANSION` times (random augmented views).", id="data-md"),
         code("""train_ds, val_ds, test_ds = build_datasets(spec, progress=True)
 splits = {"train (folds 1-3)": train_ds, "val (fold 4)": val_ds, "test (fold 5)": test_ds}
@@ -197,7 +201,8 @@ if JEPA_EPOCHS:
     JEPA_DIR = env.runs_dir / "vjepa2_jepa"
     jepa.main(["--data-dir", str(env.data_dir), "--out", str(JEPA_DIR), "--epochs", str(JEPA_EPOCHS),
                "--device", DEVICE, *(["--preset", PRESET] if PRESET else []),
-               *(["--config", *[f"{k}={v!r}" for k, v in MODEL_CONFIG.items()]] if MODEL_CONFIG else []),
+               *[a for k, v in MODEL_CONFIG.items() for a in ("--config", f"{k}={v!r}")],
+               *[a for k, v in FEATURE.items() for a in ("--feature", f"{k}={v!r}")],
                *(["--max-steps", "2", "--batch-size", "4"] if env.tiny else [])])
     MODEL_CONFIG = {**MODEL_CONFIG, "init_from": str(JEPA_DIR / "encoder.safetensors")}""", id="jepa"),
         ]

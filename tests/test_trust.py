@@ -302,6 +302,27 @@ def test_jepa_encoder_records_its_folds_and_fine_tuning_checks_them(esc50_flac, 
     assert rec["dataset"]["train_folds"] == [1, 2, 3] and rec["sha256"] == provenance.file_sha256(enc)
 
 
+
+def test_jepa_pretrains_on_the_features_it_is_given(esc50_flac, tmp_path, capsys):
+    # an encoder for a 32-band model: pretrained on 32 bands, refused by a 128-band fine-tune, accepted by a 32-band one
+    from training import jepa
+
+    enc_dir = tmp_path / "enc32"
+    assert jepa.main(["--data-dir", str(esc50_flac), "--out", str(enc_dir), "--epochs", "1", "--max-steps", "1",
+                      "--batch-size", "4", "--preset", "tiny", "--threads", "1", "--device", "cpu",
+                      "--feature", "n_mels=32"]) == 0
+    enc = enc_dir / "encoder.safetensors"
+    assert provenance.read_source_meta(enc)["dataset"]["feature_config"]["n_mels"] == 32
+    vj = ["--model", "vjepa2", "--preset", "tiny", "--config", f"init_from={enc}", "--data-dir", str(esc50_flac),
+          "--epochs", "1", "--batch-size", "8", "--no-progress", "--threads", "1", "--no-augment", "--expansion", "1"]
+    capsys.readouterr()
+    assert cli.main(vj + ["--out", str(tmp_path / "mels128")]) == 2
+    assert "n_mels" in _err_line(capsys)
+    assert cli.main(vj + ["--feature", "n_mels=32", "--out", str(tmp_path / "mels32")]) == 0
+    assert read_meta(tmp_path / "mels32" / "best.safetensors")["feature_config"]["n_mels"] == 32
+    assert jepa.main(["--data-dir", str(esc50_flac), "--feature", "n_mels=0", "--out", str(tmp_path / "bad")]) == 2
+    assert "n_mels" in _err_line(capsys)
+
 def _fake_checkpoint(path, dataset, train_config=None, provenance_rec=None):
     feat = au.FeatureConfig()
     model = models.build_model("mlp", num_classes=3, n_mels=feat.n_mels, n_frames=feat.n_frames, preset="tiny")

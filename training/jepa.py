@@ -365,6 +365,9 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--config", action="append", default=[], metavar="KEY=VALUE",
                     help="vjepa2 model option, as train.py --config (strictly checked; encoder keys must match at "
                          "fine-tune) (default: none)")
+    ap.add_argument("--feature", action="append", default=[], metavar="KEY=VALUE",
+                    help="feature option (FeatureConfig field), as train.py --feature; the fine-tuning run must use "
+                         "the same features (default: none)")
     ap.add_argument("--drop-path", type=float, default=0.0,
                     help="drop path of the context encoder while pretraining (default: 0.0)")
     ap.add_argument("--pred-dim", type=int, default=None, help="predictor width (default: per preset, PRED_PRESETS)")
@@ -434,7 +437,7 @@ def main(argv=None):
         ap = build_parser()
         args = ap.parse_args(argv)
         _check_args(args, ap)
-        from training.options import check_model, parse_pairs
+        from training.options import check_model, feature_config, parse_pairs
 
         if args.threads:
             torch.set_num_threads(args.threads)
@@ -458,8 +461,9 @@ def main(argv=None):
 
         from audio_utils import esc50_dataset
 
+        feat = feature_config(None, parse_pairs(args.feature, "--feature"))
         ds = esc50_dataset(args.data_dir, folds=args.folds, mode="sequence", augment=args.augment, expansion=1,
-                          cache_dir=args.cache_dir)
+                          feature_cfg=feat, cache_dir=args.cache_dir)
         # normalisation from the pretraining clips = the fine-tuning training split (folds 1-3), which is
         # what the engine computes for train.py, so the encoder sees identically normalised inputs
         ds.set_normalization(*ds.compute_normalization())
