@@ -54,14 +54,17 @@ TRAINING = {
         title="Mamba on ESC-50",
         intro=(
             "Mamba (Gu & Dao, 2023): selective state-space blocks (input-dependent step size, B "
-            "and C) with a short causal convolution and a gated branch, over the 77 time steps of "
-            "a small convolutional stem (`models/stems.py`; `stem=\"linear\"` projects frames "
+            "and C) with a short causal convolution and a gated branch, over the time steps of "
+            "a small convolutional stem (`models/stems.py`: 77 for a 155 x 128 log-mel by default, 38 with "
+            "the shipped recipe's 64 bands and time pooled by 4; `stem=\"linear\"` projects frames "
             "instead), with a backward branch as in Vim / AuM, mean-pooled, then a linear classifier. "
-            "Code: `models/mamba.py` (CPU: the parallel scan; CUDA: `mamba_ssm` kernels when installed)."),
+            "Code: `models/mamba.py` (CPU: the pure-PyTorch selective scan of `models/selective_scan.py`; "
+            "CUDA: `mamba_ssm` kernels when installed)."),
         config_comment="e.g. {\"d_model\": 128, \"bidirectional\": True}; keys: models/mamba.py",
-        model_config='{"stem_channels": [32, 64, 128]}',
+        model_config='{"stem_channels": [32, 64, 128], "stem_pools": [[2, 2], [2, 2], [1, 4]]}',
+        feature='{"n_mels": 64}',
         train_overrides='{"epochs": 100}',
-        differs=RECIPE("mamba_esc50_wide", refit="mamba_esc50_wide_refit"),
+        differs=RECIPE("mamba_esc50_mel64", refit="mamba_esc50_mel64_refit"),
     ),
     "vjepa2": dict(
         title="V-JEPA2-style ViT on ESC-50",
