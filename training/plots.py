@@ -15,7 +15,6 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
-from training.results import member_label
 
 # an accuracy axis spans at least this much (about four 95 % half-widths at n=400, p=0.7)
 MIN_ACC_SPAN = 0.2
@@ -216,9 +215,9 @@ def _bars(results: dict, ensembles: Sequence[dict] = ()):
             vals.append(r.test_acc)
             ns.append(r.metrics.get("n_test"))
             colors.append(_color(i))
-    for e in ensembles:
+    for k, e in enumerate(ensembles, 1):      # numbered (members listed in the results table, same order)
         if e.get("test_acc") is not None:
-            labels.append(f"ensemble of {len(e['members'])}\n(" + ",\n".join(map(member_label, e["members"])) + ")")
+            labels.append(f"ensemble {k}\n({len(e['members'])} members)")
             vals.append(e["test_acc"])
             ns.append(e.get("n_test"))
             colors.append("0.35")
@@ -238,6 +237,8 @@ def plot_test_bars(results: dict, ax=None, ensembles: Sequence[dict] = ()):
         ax.text(b.get_x() + b.get_width() / 2, v + e + 0.015, f"{v:.3f}", ha="center", fontsize=8)
     ax.set_xticks(range(len(vals)))
     ax.set_xticklabels(labels, fontsize=7)
+    if ensembles:
+        ax.set_xlabel("ensembles (grey): numbered in the order of the results table", fontsize=8)
     ax.set_ylim(0, 1.05)
     n = next((x for x in ns if x), None)
     ax.set_ylabel("test accuracy (fold 5)" + (f"; bars: 95 % CI, n={n}" if n else ""))
