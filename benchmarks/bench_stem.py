@@ -26,12 +26,11 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import torch  # noqa: E402
-import torch.nn.functional as F  # noqa: E402
 
 import models  # noqa: E402
 from models.stems import ConvTokenizer  # noqa: E402
 from models.vjepa2 import ConvPatchEmbed  # noqa: E402
-from training.engine import amp_dtype, autocast, build_optimizer, crop_frames_for  # noqa: E402
+from training.engine import _soft_cross_entropy, amp_dtype, autocast, build_optimizer, crop_frames_for  # noqa: E402
 from training.options import OptionError, check_model, feature_config, load_recipe  # noqa: E402
 
 STEMS = (ConvTokenizer, ConvPatchEmbed)
@@ -76,7 +75,7 @@ def time_recipe(model, x, steps: int) -> tuple[float, float | None]:
     def step():
         with autocast(torch.device("cpu"), dtype):
             out = model(x)
-        loss = -(target * F.log_softmax(out.float(), -1)).sum(-1).mean()
+        loss = _soft_cross_entropy(out, target)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()

@@ -115,7 +115,7 @@ def measure_ensembles(found: dict, data_dir: str, sets: list[list[str]], dest: P
 
     out, cache = [], {}          # each checkpoint evaluated once per fold, whatever ensembles share it
     for members in sets:
-        missing = [m for m in members if not results.is_checkpoint_member(m)
+        missing = [m for m in members if not is_checkpoint_member(m)
                    and getattr(found.get(m.removesuffix(SEEDS)), "checkpoint", None) is None]
         if missing:
             raise UsageError(f"ensemble {'+'.join(members)}: no shipped checkpoint for {', '.join(missing)}")
@@ -138,10 +138,20 @@ def measure_ensembles(found: dict, data_dir: str, sets: list[list[str]], dest: P
     return dest
 
 
+def is_checkpoint_member(member: str) -> bool:
+    """An ensemble member given as a path under the checkpoint directory (``refit/NAME``), not a model's name."""
+    return "/" in member
+
+
+def member_label(member: str) -> str:
+    """How an ensemble member is shown: a model's name as it is, a checkpoint path by its file name."""
+    return member.rsplit("/", 1)[-1]
+
+
 def member_checkpoints(found: dict, member: str, checkpoint_dir: str | os.PathLike | None = None) -> list[Path]:
     """The checkpoints of an ensemble member: the shipped one, plus its seed runs for ``NAME+seeds``; for a
     path (``refit/NAME``), ``checkpoint_dir/refit/NAME.safetensors``."""
-    if results.is_checkpoint_member(member):
+    if is_checkpoint_member(member):
         if checkpoint_dir is None:
             raise UsageError(f"ensemble member {member}: a path needs the checkpoint directory")
         return [Path(checkpoint_dir) / f"{member}.safetensors"]
@@ -191,7 +201,7 @@ def results_table(found: dict, recipes: pd.DataFrame, latency: dict[str, float],
     for e in ensembles:
         ci = binomial_ci(e.get("test_acc"), e.get("n_test"))
         label = " + ".join(f"{m.removesuffix(SEEDS)} ({len(e['checkpoints'][m])} seeds)"
-                           if m.endswith(SEEDS) and len(e["checkpoints"][m]) > 1 else results.member_label(m)
+                           if m.endswith(SEEDS) and len(e["checkpoints"][m]) > 1 else member_label(m)
                            for m in e["members"])
         rows.append({"model": f"ensemble: {label} (mean probability)", "shipped checkpoint": "",
                      "params": "", "fold-4 val": _acc(e.get("val_acc")) if e.get("n_val", 1) else "a member trained on it",

@@ -235,7 +235,7 @@ def test_a_seed_member_is_the_mean_of_its_runs_and_weighs_like_one_member(esc50_
     assert [p.name for p in cr.member_checkpoints(found, "cnn")] == ["cnn_esc50.safetensors"]
     # a path under the checkpoint directory: that checkpoint alone, shown by its file name
     assert cr.member_checkpoints(found, "refit/cnn_refit", tmp_path / "ck") == [tmp_path / "ck" / "refit" / "cnn_refit.safetensors"]
-    assert cr.results.member_label("refit/cnn_refit") == "cnn_refit" and cr.results.member_label("cnn") == "cnn"
+    assert cr.member_label("refit/cnn_refit") == "cnn_refit" and cr.member_label("cnn") == "cnn"
     with pytest.raises(cr.UsageError, match="no such checkpoint: .*refit/cnn_refit.safetensors"):
         cr.measure_ensembles(found, str(tmp_path), [["cnn", "refit/cnn_refit"]], tmp_path / "e.json", tmp_path / "ck")
 

@@ -15,7 +15,6 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
-
 # an accuracy axis spans at least this much (about four 95 % half-widths at n=400, p=0.7)
 MIN_ACC_SPAN = 0.2
 

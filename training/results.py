@@ -61,16 +61,6 @@ def write_json(path: str | os.PathLike, obj) -> Path:
     return path
 
 
-def is_checkpoint_member(member: str) -> bool:
-    """An ensemble member given as a path under the checkpoint directory (``refit/NAME``), not a model's name."""
-    return "/" in member
-
-
-def member_label(member: str) -> str:
-    """How an ensemble member is shown: a model's name as it is, a checkpoint path by its file name."""
-    return member.rsplit("/", 1)[-1]
-
-
 def display_path(p: str | os.PathLike) -> str:
     """Repository-relative when inside the repository (summary files stay machine-independent)."""
     try:
