@@ -52,8 +52,10 @@ from training.plots import binomial_ci  # noqa: E402
 DEFAULT_ENSEMBLES = ("liquid_s4,mamba,vjepa2", "liquid_s4,mamba,vjepa2,cnn",
                      "liquid_s4+seeds,mamba+seeds,vjepa2+seeds", "liquid_s4+seeds,mamba+seeds,vjepa2+seeds,cnn+seeds",
                      # both feature resolutions (ninth session): the refits of the final recipes at 128 and at 64
-                     # mel bands, the shipped ones and those they replaced or that did not ship
-                     "liquid_s4,mamba,vjepa2,refit/liquid_s4_mel64_refit,refit/mamba_esc50_wide_refit,refit/vjepa2_bf16_long_refit")
+                     # mel bands, the shipped ones and those they replaced or that did not ship (members fixed
+                     # then: the 128-band Liquid-S4 stays one after the tenth session's Liquid-S4 replaced it)
+                     "refit/liquid_s4_esc50_long_refit,mamba,vjepa2,refit/liquid_s4_mel64_refit,refit/mamba_esc50_wide_refit,"
+                     "refit/vjepa2_bf16_long_refit")
 SEEDS = "+seeds"     # a member "NAME+seeds": the shipped checkpoint and checkpoints/seeds/NAME_esc50_seed*, averaged
 MARKERS = ("results", "attempts", "seeds", "latency")
 

@@ -43,12 +43,15 @@ TRAINING = {
         intro=(
             "Liquid-S4 (Hasani et al., 2022): a stack of S4 state-space layers whose convolution "
             "kernel is extended by *liquid* input-correlation terms (products of delayed inputs), "
-            "run over the 77 time steps a small convolutional stem makes of the 155 x 128 log-mel "
-            "(`models/stems.py`; `stem=\"linear\"` gives one token per frame instead), mean-pooled "
+            "run over the time steps a small convolutional stem makes of the log-mel "
+            "(`models/stems.py`: 77 for a 155 x 128 log-mel by default, 38 with the shipped recipe's 64 "
+            "bands and time pooled by 4; `stem=\"linear\"` gives one token per frame instead), mean-pooled "
             "over time, then a linear classifier. Code: `models/liquid_s4.py`."),
         config_comment="e.g. {\"d_model\": 192, \"n_layers\": 6}; keys: models/liquid_s4.py",
+        model_config='{"stem_channels": [32, 64, 128], "stem_pools": [[2, 2], [2, 2], [1, 4]]}',
+        feature='{"n_mels": 64}',
         train_overrides='{"epochs": 100}',
-        differs=RECIPE("liquid_s4_esc50_long", refit="liquid_s4_esc50_long_refit"),
+        differs=RECIPE("liquid_s4_esc50_mel64_t4", refit="liquid_s4_esc50_mel64_t4_refit"),
     ),
     "mamba": dict(
         title="Mamba on ESC-50",
