@@ -1230,7 +1230,7 @@ def _balanced_group_split(labels: np.ndarray, groups: np.ndarray, fr: np.ndarray
 
 
 def file_groups(files: Sequence[Path], pattern: str, scope: str = "class") -> list[str]:
-    """Group key per file: its stem with ``pattern`` (a regex, case-insensitive) removed.
+    r"""Group key per file: its stem with ``pattern`` (a regex, case-insensitive) removed.
 
     ``scope="class"``: the key also holds the parent folder, e.g. ``r"-\d+$"`` puts
     ``Snare-1.wav`` ... ``Snare-5.wav`` of one folder in one group. ``scope="dataset"``: the stem

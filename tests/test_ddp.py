@@ -64,7 +64,7 @@ def test_torchrun_gloo_two_ranks_match_single_process(esc50_flac, tmp_path):
     args = ["--model", "lstm", "--preset", "tiny", "--config", "dropout=0", "--data-dir", str(esc50_flac),
             "--epochs", "3", "--batch-size", "5", "--no-augment", "--expansion", "1", "--mixup", "0",
             "--warmup-frac", "0", "--threads", "1", "--no-progress", "--device", "cpu", "--no-amp"]
-    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(REPO))
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])))
     env.pop("DIST_BACKEND", None)
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
            "-m", "training.distributed", *args, "--out", str(tmp_path / "ddp")]
