@@ -29,9 +29,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import torch  # noqa: E402
 
-from bench_stem import median_ms, recipe_model  # noqa: E402
+from bench_stem import build_recipes, median_ms  # noqa: E402
 from training.engine import _soft_cross_entropy, amp_dtype, autocast, build_optimizer  # noqa: E402
-from training.options import OptionError  # noqa: E402
 
 
 def _sync(device: torch.device) -> None:
@@ -93,12 +92,8 @@ def main(argv=None) -> int:
     if device.type == "cuda" and not torch.cuda.is_available():
         print("error: no CUDA device here (bench_cuda.py measures the models on an accelerator)", file=sys.stderr)
         return 2
-    torch.set_num_threads(args.threads)
-    torch.manual_seed(0)
-    try:
-        built = [(path, *recipe_model(path)) for path in args.recipes]
-    except OptionError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+    built = build_recipes(args.recipes, args.threads)
+    if built is None:
         return 2
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else str(device)
     print(f"torch {torch.__version__}, {name}, CPU threads {args.threads}, autocast {amp_dtype(device)} on {device}")

@@ -52,6 +52,18 @@ def recipe_model(path: str):
     return name, model, torch.randn(BATCH, frames, feat.n_mels)
 
 
+def build_recipes(paths, threads: int) -> list | None:
+    """``[(path, model name, model, input)]`` per recipe, with the thread count set and the seed fixed;
+    ``None`` after a one-line error on stderr."""
+    torch.set_num_threads(threads)
+    torch.manual_seed(0)
+    try:
+        return [(path, *recipe_model(path)) for path in paths]
+    except OptionError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return None
+
+
 def median_ms(fn, steps: int, warmup: int = 2) -> float:
     times = []
     for i in range(warmup + steps):
@@ -103,12 +115,8 @@ def main(argv=None) -> int:
     if args.threads < 1 or args.steps < 1:
         print("error: --threads and --steps must be >= 1", file=sys.stderr)
         return 2
-    torch.set_num_threads(args.threads)
-    torch.manual_seed(0)
-    try:
-        built = [(path, *recipe_model(path)) for path in args.recipes]
-    except OptionError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+    built = build_recipes(args.recipes, args.threads)
+    if built is None:
         return 2
     print(f"torch {torch.__version__}, threads {args.threads}, batch {BATCH}, autocast {amp_dtype(torch.device('cpu'))}")
     print(f"{'recipe':42s} {'input':>12s} {'step ms':>8s} {'stem ms':>8s} {'stem share':>10s} {'x':>6s}")
