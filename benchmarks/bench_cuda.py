@@ -29,13 +29,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import torch  # noqa: E402
 
-from bench_stem import build_recipes, median_ms  # noqa: E402
-from training.engine import _soft_cross_entropy, amp_dtype, autocast, build_optimizer  # noqa: E402
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
+from bench_stem import build_recipes, median_ms, training_step  # noqa: E402
+from training.engine import amp_dtype, autocast  # noqa: E402
 
 
 @torch.no_grad()
@@ -54,22 +49,7 @@ def agreement(model: torch.nn.Module, x: torch.Tensor, device: torch.device) -> 
 
 def step_ms(model: torch.nn.Module, x: torch.Tensor, device: torch.device, steps: int) -> float:
     """Median milliseconds of one training step of a copy of ``model`` on ``device``."""
-    net = copy.deepcopy(model).to(device).train()
-    x = x.to(device)
-    opt = build_optimizer(net, 1e-3, 0.05)
-    target = torch.softmax(torch.randn(x.shape[0], 50), -1).to(device)
-    dtype = amp_dtype(device)
-
-    def step():
-        with autocast(device, dtype):
-            out = net(x)
-        loss = _soft_cross_entropy(out, target)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        _sync(device)
-
-    return median_ms(step, steps)
+    return median_ms(training_step(copy.deepcopy(model).to(device), x.to(device), device), steps)
 
 
 def main(argv=None) -> int:

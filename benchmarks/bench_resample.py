@@ -56,7 +56,7 @@ print(json.dumps(out))
 
 
 def run_case(impl: str, sr: int, target: int, seconds: float, timeout: float) -> dict:
-    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(REPO))
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])))
     try:
         proc = subprocess.run([sys.executable, "-c", CASE, impl, str(sr), str(target), str(seconds)],
                               capture_output=True, text=True, timeout=timeout, env=env, cwd=REPO)

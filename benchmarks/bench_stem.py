@@ -74,25 +74,35 @@ def median_ms(fn, steps: int, warmup: int = 2) -> float:
     return 1000 * sorted(times)[len(times) // 2]
 
 
-def time_recipe(model, x, steps: int) -> tuple[float, float | None]:
-    """(ms per training step, ms per stem forward + backward or None without a conv stem)."""
-    dtype = amp_dtype(torch.device("cpu"))
+def training_step(model, x, device=torch.device("cpu")):
+    """A closure running one training step of ``model`` on ``x`` (both already on ``device``): forward under
+    the engine's autocast rule, soft cross-entropy against random targets, backward, AdamW; it waits for
+    the device, so that wall-clock timing of it is honest."""
+    dtype = amp_dtype(device)
     opt = build_optimizer(model, 1e-3, 0.05)
-    target = torch.softmax(torch.randn(x.shape[0], 50), -1)
-    stem = next((m for m in model.modules() if isinstance(m, STEMS)), None)
-    stem_in = []
-    hook = stem.register_forward_pre_hook(lambda _m, args: stem_in.append(args[0].detach())) if stem else None
+    target = torch.softmax(torch.randn(x.shape[0], 50), -1).to(device)
     model.train()
 
     def step():
-        with autocast(torch.device("cpu"), dtype):
+        with autocast(device, dtype):
             out = model(x)
         loss = _soft_cross_entropy(out, target)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
 
-    step_ms = median_ms(step, steps)
+    return step
+
+
+def time_recipe(model, x, steps: int) -> tuple[float, float | None]:
+    """(ms per training step, ms per stem forward + backward or None without a conv stem)."""
+    dtype = amp_dtype(torch.device("cpu"))
+    stem = next((m for m in model.modules() if isinstance(m, STEMS)), None)
+    stem_in = []
+    hook = stem.register_forward_pre_hook(lambda _m, args: stem_in.append(args[0].detach())) if stem else None
+    step_ms = median_ms(training_step(model, x), steps)
     if stem is None:
         return step_ms, None
     hook.remove()
