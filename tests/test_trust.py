@@ -420,24 +420,6 @@ def test_a_recipe_extends_another(tmp_path):
             load_recipe(tmp_path / name)
 
 
-def test_shipped_refit_recipe_is_its_recipe_on_four_folds():
-    """recipes/liquid_s4_esc50_refit.yaml is the shipped recipe's run on folds 1-4 (same fingerprint as the
-    command line it was run with)."""
-    from training import run_dir as rd
-    from training.runner import checked_data_spec, checked_model_config
-
-    def fingerprint(argv):
-        a = cli.parse_args(argv)
-        data = checked_data_spec(cli.data_spec_from_args(a))
-        _, resolved = checked_model_config(a.model, a.preset, cli.model_config_from_args(a), data)
-        return rd.fingerprint(rd.run_settings(a.model, resolved, cli.train_config_from_args(a), data)), data
-
-    refit, data = fingerprint(["--recipe", str(REPO / "recipes" / "liquid_s4_esc50_refit.yaml")])
-    flags, _ = fingerprint(["--recipe", str(REPO / "recipes" / "liquid_s4_esc50.yaml"), "--train-folds", "1,2,3,4",
-                            "--val-folds=", "--seed", "1"])
-    assert refit == flags and data.train_folds == (1, 2, 3, 4) and data.val_folds == ()
-
-
 def test_augment_options_are_checked_and_recorded(esc50_flac, tmp_path, capsys):
     out = tmp_path / "run"
     argv = [a for a in _base(esc50_flac, "--out", str(out)) if a != "--no-augment"]
