@@ -167,6 +167,68 @@ def test_ema_resume_needs_the_ema_state(esc50_flac, tmp_path):
         fit(model, train, val, None, TrainConfig(epochs=2, ema=0.9, **FAST), tmp_path / "run", resume=True)
 
 
+# ------------------------------------------------------------------ stochastic weight averaging
+def _swa_run(root, out, cfg, stop_after=None):
+    """``fit`` with the raw weights after every epoch recorded; ``stop_after``: interrupt after that epoch."""
+    train, val, _ = _data(root, test_folds=())
+    torch.manual_seed(0)
+    model = models.build_model("cnn", num_classes=train.num_classes, preset="tiny")
+    snaps = []
+
+    def record(row, history):
+        snaps.append({k: v.detach().clone() for k, v in model.state_dict().items()})
+        if row["epoch"] == stop_after:
+            raise KeyboardInterrupt
+
+    try:
+        metrics = fit(model, train, val, None, cfg, out, resume=True, on_epoch_end=record)
+    except KeyboardInterrupt:
+        return None, snaps
+    return metrics, snaps
+
+
+def test_swa_ships_the_mean_of_the_weights_after_its_epochs(esc50_flac, tmp_path):
+    cfg = TrainConfig(epochs=4, swa_start=2, ema=0.9, select="last", val_every=2, **FAST)
+    metrics, snaps = _swa_run(esc50_flac, tmp_path / "run", cfg)
+    assert metrics["best_weights"] == "swa" and metrics["best_epoch"] == 4
+    hist = json.loads((tmp_path / "run" / "history.json").read_text(), parse_constant=float)
+    assert ["val_acc_swa" in h for h in hist] == [False, True, True, True]      # from epoch swa_start on
+    assert [math.isfinite(h.get("val_acc_swa", math.nan)) for h in hist] == [False, True, False, True]
+    assert "val_acc_swa" in (tmp_path / "run" / "history.csv").read_text().splitlines()[0]
+    state, _ = load_checkpoint(tmp_path / "run" / "best.safetensors")
+    for k, v in state.items():
+        if v.is_floating_point():    # parameters and BatchNorm statistics: the mean over epochs 2, 3, 4
+            torch.testing.assert_close(v, torch.stack([s[k] for s in snaps[1:]]).mean(0), rtol=1e-5, atol=1e-6)
+    assert any(not torch.equal(state[k], snaps[-1][k]) for k in state if state[k].is_floating_point())
+
+
+def test_swa_resumes_to_the_same_average(esc50_flac, tmp_path):
+    cfg = TrainConfig(epochs=4, swa_start=2, select="last", val_every=2, **FAST)
+    whole, _ = _swa_run(esc50_flac, tmp_path / "whole", cfg)
+    assert _swa_run(esc50_flac, tmp_path / "cut", cfg, stop_after=3)[0] is None
+    resumed, _ = _swa_run(esc50_flac, tmp_path / "cut", cfg)
+    assert resumed["val_acc"] == whole["val_acc"]
+    a, _ = load_checkpoint(tmp_path / "whole" / "best.safetensors")
+    b, _ = load_checkpoint(tmp_path / "cut" / "best.safetensors")
+    for k in a:
+        torch.testing.assert_close(a[k], b[k])
+
+
+def test_swa_options_are_checked(esc50_flac, tmp_path, capsys):
+    from training import cli
+    train, val, _ = _data(esc50_flac, test_folds=())
+    model = models.build_model("cnn", num_classes=train.num_classes, preset="tiny")
+    with pytest.raises(ValueError, match="swa_start must be an epoch"):
+        fit(model, train, val, None, TrainConfig(epochs=2, swa_start=3, **FAST), tmp_path / "x", resume=False)
+    fit(model, train, val, None, TrainConfig(epochs=1, **FAST), tmp_path / "run", resume=False)
+    with pytest.raises(RuntimeError, match="no SWA state"):
+        fit(model, train, val, None, TrainConfig(epochs=2, swa_start=1, **FAST), tmp_path / "run", resume=True)
+    assert cli.main(["--model", "cnn", "--preset", "tiny", "--data-dir", str(esc50_flac), "--epochs", "2",
+                     "--swa-start", "-1", "--out", str(tmp_path / "bad")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and "swa_start" in err.replace("-", "_")
+
+
 # ------------------------------------------------------------------ between-class mixing
 def test_between_class_mix_is_a_power_domain_mixture():
     g = torch.Generator().manual_seed(0)

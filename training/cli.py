@@ -59,7 +59,8 @@ TRAIN_HELP = {
     "eval_crops": "crops averaged per clip at evaluation (>= 1)",
     "ema": "EMA decay of the evaluated weights, in [0, 1) (0: off)",
     "bc_mix": "fraction of batches with between-class mixing in the power domain (soft targets), in [0, 1]",
-    "select": "checkpoint: the best validated epoch ('best') or the last weights, EMA if on ('last')",
+    "swa_start": "average the weights after each epoch from this one on (SWA) and evaluate them (0: off)",
+    "select": "checkpoint: the best validated epoch ('best') or the last weights, SWA else EMA if on ('last')",
     "val_every": "validate every N epochs and after the last (others are not checkpoint candidates)",
 }
 # TrainConfig fields with a hand-made flag (or none)

@@ -68,7 +68,9 @@ class TrainConfig:
     eval_crops: int = 1             # evaluate on the whole clip (1) or the mean of N crops of `crop` s
     ema: float = 0.0                # EMA of the weights with this decay (0: off); evaluated beside them
     bc_mix: float = 0.0             # fraction of batches with between-class mixing (replaces mixup there)
-    select: str = "best"            # checkpoint: "best" epoch on validation, or "last" (EMA if on)
+    swa_start: int = 0              # SWA: from this epoch on (1-based), an equal-weight average of the weights
+                                    # after each epoch is kept and evaluated beside them (0: off)
+    select: str = "best"            # checkpoint: "best" epoch on validation, or "last" (SWA, else EMA, if on)
     val_every: int = 1              # validate every N epochs (and after the last); others are not candidates
 
     @classmethod
@@ -308,7 +310,8 @@ def _write_history(out: Path, history: list[dict]) -> None:
     if history:
         def w(t):
             with open(t, "w", newline="") as fh:
-                wr = csv.DictWriter(fh, fieldnames=list(history[0]))
+                # every key of every row (the SWA columns begin at swa_start), empty where a row has none
+                wr = csv.DictWriter(fh, fieldnames=list(dict.fromkeys(k for h in history for k in h)))
                 wr.writeheader()
                 wr.writerows(history)
         atomic_write(out / "history.csv", w)
@@ -325,7 +328,7 @@ def plot_history(history: list[dict], path, title: str = "", fmt: str | None = N
     ax = fig.subplots(1, 2)
     for i, key in enumerate(("loss", "acc")):
         ax[i].plot(ep, [h[f"train_{key}"] for h in history], label="train")
-        for suffix, label in (("", "val"), ("_ema", "val (EMA)")):      # validated epochs only
+        for suffix, label in (("", "val"), ("_ema", "val (EMA)"), ("_swa", "val (SWA)")):   # validated epochs only
             pts = [(h["epoch"], h[f"val_{key}{suffix}"]) for h in history
                    if math.isfinite(h.get(f"val_{key}{suffix}", float("nan")))]
             if pts:
@@ -381,6 +384,8 @@ def _check_config(cfg: TrainConfig, teacher, val_ds=True) -> None:
         raise ValueError(f"select must be 'best' or 'last', got {cfg.select!r}")
     if not 0.0 <= cfg.ema < 1.0:
         raise ValueError(f"ema must be a decay in [0, 1), got {cfg.ema}")
+    if not 0 <= cfg.swa_start <= cfg.epochs:
+        raise ValueError(f"swa_start must be an epoch in [0, epochs={cfg.epochs}] (0: off), got {cfg.swa_start}")
 
 
 def _soft_cross_entropy(logits: torch.Tensor, target: torch.Tensor, weights=None, smoothing: float = 0.0):
@@ -446,6 +451,12 @@ def fit(model: torch.nn.Module, train_ds, val_ds, test_ds=None, cfg: TrainConfig
         from timm.utils import ModelEmaV3
         # parameters and buffers (BatchNorm statistics) averaged; decay warms up from 0 to cfg.ema
         ema = ModelEmaV3(base_model, decay=cfg.ema, use_warmup=True, warmup_power=0.75)
+    swa = None
+    if cfg.swa_start > 0:
+        from torch.optim.swa_utils import AveragedModel
+        # stochastic weight averaging (Izmailov et al. 2018) of the weights after epochs swa_start..epochs,
+        # buffers (BatchNorm statistics) averaged with them as the EMA's are
+        swa = AveragedModel(base_model, use_buffers=True)
     if teacher is not None:
         from training.distill import distill_loss
         teacher = teacher.to(device)
@@ -490,6 +501,10 @@ def fit(model: torch.nn.Module, train_ds, val_ds, test_ds=None, cfg: TrainConfig
             if state.get("ema") is None:
                 raise RuntimeError(f"{last_path} holds no EMA weights: it was trained without --ema")
             ema.module.load_state_dict(state["ema"])
+        if swa is not None:
+            if state.get("swa") is None:
+                raise RuntimeError(f"{last_path} holds no SWA state: it was trained without --swa-start")
+            swa.load_state_dict(state["swa"])
         history, best, start_epoch = state["history"], state["best"], state["epoch"]
         best.setdefault("weights", "raw")
         if dist.main:
@@ -603,22 +618,32 @@ def fit(model: torch.nn.Module, train_ds, val_ds, test_ds=None, cfg: TrainConfig
             tdist.all_reduce(agg)
             loss_sum, correct, n_seen = agg.tolist()
         train_time = time.perf_counter() - t0
+        if swa is not None and epoch + 1 >= cfg.swa_start:
+            swa.update_parameters(base_model)
         validate = val_ds is not None and ((epoch + 1) % cfg.val_every == 0 or epoch + 1 == cfg.epochs)
         nan = {"loss": float("nan"), "accuracy": float("nan")}
-        val = evaluate_val(base_model) if validate else nan
-        val_ema = (evaluate_val(ema.module) if validate else nan) if ema is not None else None
+        # the weights evaluated this epoch: raw, EMA if on, SWA once it has begun (later ones win ties)
+        nets = {"raw": base_model}
+        if ema is not None:
+            nets["ema"] = ema.module
+        if swa is not None and epoch + 1 >= cfg.swa_start:
+            nets["swa"] = swa.module
+        vals = {k: evaluate_val(net) if validate else nan for k, net in nets.items()}
+        val = vals["raw"]
         row = {"epoch": epoch + 1, "train_loss": loss_sum / max(1, n_seen), "train_acc": correct / max(1, n_seen),
                "val_loss": val["loss"], "val_acc": val["accuracy"], "lr": optimizer.param_groups[0]["lr"],
                "epoch_time": train_time, "data_time": data_time, "eval_time": time.perf_counter() - t0 - train_time}
-        if val_ema is not None:
-            row.update(val_loss_ema=val_ema["loss"], val_acc_ema=val_ema["accuracy"])
+        for k in ("ema", "swa"):
+            if k in vals:
+                row.update({f"val_loss_{k}": vals[k]["loss"], f"val_acc_{k}": vals[k]["accuracy"]})
         history.append(row)
-        # this epoch's candidate: the EMA weights when they are at least as good on validation
-        # ("best"), or always the EMA weights when on ("last": fixed in advance, no choice on val)
-        use_ema = val_ema is not None and (cfg.select == "last" or
-                                           (val_ema["accuracy"], -val_ema["loss"]) >= (val["accuracy"], -val["loss"]))
-        cand = val_ema if use_ema else val
-        cand_net = ema.module if use_ema else base_model
+        # this epoch's candidate: the averaged weights when they are at least as good on validation
+        # ("best"), or always the last averaged weights when on ("last": fixed in advance, no choice on val)
+        if cfg.select == "last":
+            kind = list(nets)[-1]
+        else:
+            kind = max(enumerate(nets), key=lambda e: (vals[e[1]]["accuracy"], -vals[e[1]]["loss"], e[0]))[1]
+        cand, cand_net = vals[kind], nets[kind]
         if val_ds is None:      # a refit: the weights after the last epoch are the model
             improved = epoch + 1 == cfg.epochs
         elif not validate:
@@ -630,7 +655,7 @@ def fit(model: torch.nn.Module, train_ds, val_ds, test_ds=None, cfg: TrainConfig
                 (cand["accuracy"] == best["val_acc"] and cand["loss"] < best["val_loss"])
         if improved:
             best = {"val_acc": cand["accuracy"], "val_loss": cand["loss"], "epoch": epoch + 1,
-                    "weights": "ema" if use_ema else "raw"}
+                    "weights": kind}
         stopped = cfg.patience > 0 and (epoch + 1 - best["epoch"]) >= cfg.patience
         if dist.main:
             if improved:
@@ -638,14 +663,15 @@ def fit(model: torch.nn.Module, train_ds, val_ds, test_ds=None, cfg: TrainConfig
             state = {"model": base_model.state_dict(), "optimizer": optimizer.state_dict(),
                      "scheduler": scheduler.state_dict(), "gen": gen.get_state(), "aug_gen": aug_gen.get_state(),
                      "torch_rng": torch.get_rng_state(), "history": history, "best": best, "epoch": epoch + 1,
-                     "stopped": stopped, "ema": ema.module.state_dict() if ema is not None else None}
+                     "stopped": stopped, "ema": ema.module.state_dict() if ema is not None else None,
+                     "swa": swa.state_dict() if swa is not None else None}
             atomic_write(last_path, lambda t: torch.save(state, t))
             _write_history(out, history)
             _write_progress(out, history, best, cfg, model_name_of(base_model))
             this_run = time.perf_counter() - loop_t0
             eta = this_run / (epoch + 1 - start_epoch) * (cfg.epochs - epoch - 1)
             elapsed = earlier + this_run
-            val_txt = (f"val acc {row['val_acc']:.3f}" + (f" ema {row['val_acc_ema']:.3f}" if val_ema is not None else "")
+            val_txt = (f"val acc {row['val_acc']:.3f}" + "".join(f" {k} {row[f'val_acc_{k}']:.3f}" for k in nets if k != "raw")
                        if validate else "val -")
             print(f"epoch {epoch + 1:3d}/{cfg.epochs} loss {row['train_loss']:.3f} acc {row['train_acc']:.3f} | "
                   f"{val_txt} | best " + (f"{best['val_acc']:.3f}@{best['epoch']}" if best["epoch"] else "-") + " | "

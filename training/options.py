@@ -170,6 +170,7 @@ RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "crop": (_non_negative, ">= 0 seconds (0: off)"),
     "eval_crops": (_at_least_one, "an integer >= 1"),
     "ema": (_prob_open, "in [0, 1) (0: off)"),
+    "swa_start": (_non_negative, "an epoch >= 0 (0: off)"),
     "bc_mix": (_prob, "a probability in [0, 1]"),
     "select": (lambda v: v in ("best", "last"), "'best' or 'last'"),
     "val_every": (_at_least_one, "an integer >= 1"),
