@@ -618,7 +618,8 @@ def fit(model: torch.nn.Module, train_ds, val_ds, test_ds=None, cfg: TrainConfig
             tdist.all_reduce(agg)
             loss_sum, correct, n_seen = agg.tolist()
         train_time = time.perf_counter() - t0
-        if swa is not None and epoch + 1 >= cfg.swa_start:
+        averaging = swa is not None and epoch + 1 >= cfg.swa_start
+        if averaging:
             swa.update_parameters(base_model)
         validate = val_ds is not None and ((epoch + 1) % cfg.val_every == 0 or epoch + 1 == cfg.epochs)
         nan = {"loss": float("nan"), "accuracy": float("nan")}
@@ -626,7 +627,7 @@ def fit(model: torch.nn.Module, train_ds, val_ds, test_ds=None, cfg: TrainConfig
         nets = {"raw": base_model}
         if ema is not None:
             nets["ema"] = ema.module
-        if swa is not None and epoch + 1 >= cfg.swa_start:
+        if averaging:
             nets["swa"] = swa.module
         vals = {k: evaluate_val(net) if validate else nan for k, net in nets.items()}
         val = vals["raw"]
@@ -642,7 +643,8 @@ def fit(model: torch.nn.Module, train_ds, val_ds, test_ds=None, cfg: TrainConfig
         if cfg.select == "last":
             kind = list(nets)[-1]
         else:
-            kind = max(enumerate(nets), key=lambda e: (vals[e[1]]["accuracy"], -vals[e[1]]["loss"], e[0]))[1]
+            order = list(nets)
+            kind = max(order, key=lambda k: (vals[k]["accuracy"], -vals[k]["loss"], order.index(k)))
         cand, cand_net = vals[kind], nets[kind]
         if val_ds is None:      # a refit: the weights after the last epoch are the model
             improved = epoch + 1 == cfg.epochs
