@@ -21,7 +21,8 @@ Reads only committed files (no data, no training, no timing) unless a ``--measur
 and writes ``results/summary.json``, ``results/results.md`` (the README's tables),
 ``results/comparison.png`` and ``results/per_class.png``; ``--update-readme`` also rewrites the
 README's tables between their marker comments (``<!-- results:begin -->`` ... ``<!-- results:end -->``,
-likewise ``attempts`` and ``latency``).
+likewise ``latency``) and those of the experiment log ``docs/experiments.md`` (``attempts``, ``seeds``): each
+table goes to the one document that holds its markers.
 
     python benchmarks/collect_results.py --update-readme          # offline, seconds (make results)
     nice -n 19 python benchmarks/collect_results.py --measure-latency --threads 1   # re-time (minutes)
@@ -315,12 +316,28 @@ def latency_note(info: dict) -> str:
             f"recorded{when} in `{info.get('source')}`{load}.{busy}")
 
 
-def replace_between_markers(text: str, name: str, block: str) -> str:
+def replace_between_markers(text: str, name: str, block: str, where: str = "README") -> str:
     begin, end = f"<!-- {name}:begin -->", f"<!-- {name}:end -->"
     if text.count(begin) != 1 or text.count(end) != 1 or text.index(begin) > text.index(end):
-        raise UsageError(f"README: needs exactly one '{begin}' before one '{end}'")
+        raise UsageError(f"{where}: needs exactly one '{begin}' before one '{end}'")
     i, j = text.index(begin) + len(begin), text.index(end)
     return text[:i] + "\n" + block.strip("\n") + "\n" + text[j:]
+
+
+def update_documents(paths: list[Path], tables: dict[str, str]) -> list[Path]:
+    """Rewrite each table between its markers in the one document of ``paths`` that holds them (the README,
+    the experiment log); nothing is written unless every table has its place."""
+    texts = {p: p.read_text() for p in paths if p.exists()}
+    for name, block in tables.items():
+        holders = [p for p, t in texts.items() if f"<!-- {name}:begin -->" in t]
+        if len(holders) > 1:
+            raise UsageError(f"{' and '.join(map(display, holders))}: '<!-- {name}:begin -->' belongs in one only")
+        if not texts:
+            raise UsageError(f"{display(paths[0])}: no such file")
+        holder = holders[0] if holders else next(iter(texts))     # none: the README, whose check says what is missing
+        where = display(holder) if holders else " or ".join(map(display, texts))
+        texts[holder] = replace_between_markers(texts[holder], name, block, where)
+    return [write_text(p, t) for p, t in texts.items()]
 
 
 # --------------------------------------------------------------------------------------------
@@ -333,7 +350,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--checkpoint-dir", default=str(REPO / "checkpoints"))
     p.add_argument("--results-dir", default=str(REPO / "results"))
     p.add_argument("--readme", default=str(REPO / "README.md"))
-    p.add_argument("--update-readme", action="store_true", help="rewrite the README's tables between their markers")
+    p.add_argument("--log", default=None, help="the experiment log, whose tables --update-readme rewrites too "
+                   "(default: docs/experiments.md beside the README)")
+    p.add_argument("--update-readme", action="store_true",
+                   help="rewrite the tables between their markers in the README and the experiment log")
     p.add_argument("--models", default=",".join((*results.MAIN_MODELS, *results.BASELINES)))
     p.add_argument("--measure-latency", action="store_true",
                    help="re-time every model with benchmarks/bench_inference.py (minutes; niced) into latency.json")
@@ -409,11 +429,8 @@ def run(args) -> int:
         written.append(plots.save_figure(plots.plot_per_class(found), res_dir / "per_class.png"))
     if args.update_readme:
         readme = Path(args.readme)
-        text = readme.read_text()
-        for name, block in tables.items():
-            text = replace_between_markers(text, name, block)
-        write_text(readme, text)
-        written.append(readme)
+        written += update_documents([readme, Path(args.log) if args.log else readme.parent / "docs" / "experiments.md"],
+                                    tables)
     print(tables["results"])
     print("wrote " + ", ".join(display(p) for p in written))
     return 0

@@ -84,6 +84,26 @@ def test_readme_summary_and_figure_come_from_the_same_files(repo):
     assert (repo / "README.md").read_text() == readme
 
 
+def test_each_table_goes_to_the_document_that_holds_its_markers(repo, capsys):
+    cr = _script()
+    readme, log = repo / "README.md", repo / "docs" / "experiments.md"
+    readme.write_text("<!-- results:begin -->\n<!-- results:end -->\n<!-- latency:begin -->\n<!-- latency:end -->\n")
+    log.parent.mkdir()
+    log.write_text("# log\n<!-- attempts:begin -->\nold\n<!-- attempts:end -->\nend\n")
+    assert cr.main(_args(repo, "--update-readme", "--no-plots")) == 0
+    assert "| first | 0.5 / 0.45 | 0.3 / 0.25 (3 epochs) |" in log.read_text() and "old" not in log.read_text()
+    assert log.read_text().startswith("# log\n") and log.read_text().endswith("end\n")
+    assert "**0.6900**" in readme.read_text() and "| first |" not in readme.read_text()
+    # the same table in both documents: refused, nothing written
+    before = readme.read_text() + "<!-- attempts:begin -->\n<!-- attempts:end -->\n"
+    readme.write_text(before)
+    logged = log.read_text()
+    assert cr.main(_args(repo, "--update-readme", "--no-plots")) == 2
+    err = capsys.readouterr().err.strip()
+    assert "'<!-- attempts:begin -->' belongs in one only" in err and "\n" not in err
+    assert readme.read_text() == before and log.read_text() == logged
+
+
 def test_a_refit_shows_its_recipes_validation_figure(repo):
     cr = _script()
     m = {**_metrics(None, 0.45, 486194), "recipe_val_acc": 0.41}
@@ -98,7 +118,7 @@ def test_bad_inputs_exit_2_with_one_line(repo, capsys):
     (repo / "README.md").write_text("no markers\n")
     assert cr.main(_args(repo, "--update-readme", "--no-plots")) == 2
     err = capsys.readouterr().err.strip()
-    assert err.startswith("error: README: needs exactly one '<!-- results:begin -->'") and "\n" not in err
+    assert err.startswith("error: ") and "README.md: needs exactly one '<!-- results:begin -->'" in err and "\n" not in err
     assert cr.main(_args(repo, "--latency-from", str(repo / "nope.txt"), "--no-plots")) == 2
     assert cr.main(["--checkpoint-dir", str(repo / "empty"), "--results-dir", str(repo / "results"), "--no-plots"]) == 2
     assert cr.main(_args(repo, "--ship", "cnn", "--no-plots")) == 2
@@ -119,8 +139,10 @@ def test_committed_results_are_consistent():
         assert f"**{metrics['test_acc']:.4f}**" in readme and f"| {latency[name]:.1f} ms |" in readme
     for e in json.loads((REPO / "results" / "ensembles.json").read_text())["ensembles"]:
         assert f"**{e['test_acc']:.4f}**" in readme
-    cr = _script()      # every file results/seeds.csv names exists, and the README shows its table as generated
-    assert cr.markdown(cr.seeds_table(REPO / "results" / "seeds.csv", REPO)) in readme
+    cr = _script()      # every file results/seeds.csv names exists, and the experiment log shows its table as generated
+    log = (REPO / "docs" / "experiments.md").read_text()
+    assert cr.markdown(cr.seeds_table(REPO / "results" / "seeds.csv", REPO)) in log
+    assert cr.markdown(cr.attempts_table(REPO / "results" / "attempts.csv"), index=True) in log
 
 
 def test_seeds_table_summarises_each_recipe_from_its_metrics_files(tmp_path):
@@ -185,9 +207,9 @@ def test_every_results_file_the_readme_and_attempts_cite_is_tracked():
                                  check=True).stdout.split())
     if not tracked:
         pytest.skip("not a git checkout")
-    text = (REPO / "README.md").read_text() + (REPO / "results" / "attempts.csv").read_text()
+    text = "".join((REPO / f).read_text() for f in ("README.md", "docs/experiments.md", "results/attempts.csv"))
     cited = set(re.findall(r"results/(?:runs|fold5)/[\w./-]+\.(?:json|csv)", text))
-    assert cited, "the README cites no result files"
+    assert cited, "the README and the experiment log cite no result files"
     missing = sorted(p for p in cited if p not in tracked)
     assert not missing, f"cited but not tracked: {missing}"
 
