@@ -328,12 +328,12 @@ def update_documents(paths: list[Path], tables: dict[str, str]) -> list[Path]:
     """Rewrite each table between its markers in the one document of ``paths`` that holds them (the README,
     the experiment log); nothing is written unless every table has its place."""
     texts = {p: p.read_text() for p in paths if p.exists()}
+    if not texts:
+        raise UsageError(f"{display(paths[0])}: no such file")
     for name, block in tables.items():
         holders = [p for p, t in texts.items() if f"<!-- {name}:begin -->" in t]
         if len(holders) > 1:
             raise UsageError(f"{' and '.join(map(display, holders))}: '<!-- {name}:begin -->' belongs in one only")
-        if not texts:
-            raise UsageError(f"{display(paths[0])}: no such file")
         holder = holders[0] if holders else next(iter(texts))     # none: the README, whose check says what is missing
         where = display(holder) if holders else " or ".join(map(display, texts))
         texts[holder] = replace_between_markers(texts[holder], name, block, where)

@@ -24,14 +24,15 @@ import nbformat
 from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
 
 HERE = Path(__file__).resolve().parent
-def RECIPE(recipe: str, refit: str | None = None) -> str:
-    """The notebook's note on the shipped checkpoint: ``recipes/RECIPE.yaml``, or its refit ``recipes/REFIT.yaml``."""
+def RECIPE(recipe: str, refit: str | None = None, weights: str = "EMA, the last weights") -> str:
+    """The notebook's note on the shipped checkpoint: ``recipes/RECIPE.yaml``, or its refit ``recipes/REFIT.yaml``,
+    whose model is ``weights``."""
     shipped = (f"`recipes/{recipe}.yaml` refit on folds 1-4 (`python train.py --recipe recipes/{refit}.yaml` "
                "reproduces it)" if refit else
                f"`recipes/{recipe}.yaml` (`python train.py --recipe recipes/{recipe}.yaml` reproduces it)")
     return (
         f"the training recipe. The shipped checkpoint comes from {shipped}: between-class "
-        "mixing, EQ / time-stretch / mel-shift augmentation, 3-s crops, EMA, the last weights. This notebook keeps the "
+        f"mixing, EQ / time-stretch / mel-shift augmentation, 3-s crops, {weights}. This notebook keeps the "
         "engine's plain recipe (mixup, whole clips, the best epoch on fold 4) so that each step stays visible; "
         "to follow the shipped one, put its `train:` settings into `TRAIN_OVERRIDES` and its `augment:` "
         "settings into `AUGMENT`.")
@@ -51,7 +52,8 @@ TRAINING = {
         model_config='{"stem_channels": [32, 64, 128], "stem_pools": [[2, 2], [2, 2], [1, 4]]}',
         feature='{"n_mels": 64}',
         train_overrides='{"epochs": 100}',
-        differs=RECIPE("liquid_s4_esc50_mel64_t4", refit="liquid_s4_esc50_mel64_t4_refit"),
+        differs=RECIPE("liquid_s4_esc50_mel64_t4_e250_swa", refit="liquid_s4_esc50_mel64_t4_e250_swa_refit",
+                       weights="the average of the weights after epochs 150-250 (SWA)"),
     ),
     "mamba": dict(
         title="Mamba on ESC-50",
