@@ -316,7 +316,7 @@ def latency_note(info: dict) -> str:
             f"recorded{when} in `{info.get('source')}`{load}.{busy}")
 
 
-def replace_between_markers(text: str, name: str, block: str, where: str = "README") -> str:
+def replace_between_markers(text: str, name: str, block: str, where: str) -> str:
     begin, end = f"<!-- {name}:begin -->", f"<!-- {name}:end -->"
     if text.count(begin) != 1 or text.count(end) != 1 or text.index(begin) > text.index(end):
         raise UsageError(f"{where}: needs exactly one '{begin}' before one '{end}'")
@@ -331,12 +331,13 @@ def update_documents(paths: list[Path], tables: dict[str, str]) -> list[Path]:
     if not texts:
         raise UsageError(f"{display(paths[0])}: no such file")
     for name, block in tables.items():
-        holders = [p for p, t in texts.items() if f"<!-- {name}:begin -->" in t]
-        if len(holders) > 1:
-            raise UsageError(f"{' and '.join(map(display, holders))}: '<!-- {name}:begin -->' belongs in one only")
-        holder = holders[0] if holders else next(iter(texts))     # none: the README, whose check says what is missing
-        where = display(holder) if holders else " or ".join(map(display, texts))
-        texts[holder] = replace_between_markers(texts[holder], name, block, where)
+        begin = f"<!-- {name}:begin -->"
+        holders = [p for p, t in texts.items() if begin in t]
+        if len(holders) != 1:
+            raise UsageError(f"{' and '.join(map(display, holders))}: '{begin}' belongs in one only" if holders else
+                             f"{' or '.join(map(display, texts))}: needs exactly one '{begin}' before one "
+                             f"'<!-- {name}:end -->'")
+        texts[holders[0]] = replace_between_markers(texts[holders[0]], name, block, display(holders[0]))
     return [write_text(p, t) for p, t in texts.items()]
 
 
