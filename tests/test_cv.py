@@ -26,6 +26,16 @@ def test_fold_split_rotates_validation():
         cv.fold_split(6)
 
 
+def test_inner_split_never_touches_fold_5():
+    for k in cv.DEV_FOLDS:
+        tr, va, te = cv.fold_split(k, "inner")
+        assert va == (k,) and te == () and sorted(tr + va) == [1, 2, 3, 4]
+    with pytest.raises(ValueError, match="test fold"):
+        cv.fold_split(5, "inner")
+    with pytest.raises(ValueError):
+        cv.fold_split(1, "nested")
+
+
 def test_five_fold_cv_end_to_end_and_resume(esc50_flac, tmp_path, capsys):
     out = tmp_path / "cv"
     assert cv.main(_args(esc50_flac, out)) == 0
@@ -133,7 +143,7 @@ def test_a_recipe_with_its_own_fold_split_runs_under_cv(esc50_flac, tmp_path, ca
 
 
 def test_four_training_folds_without_validation(esc50_flac, tmp_path, capsys, monkeypatch):
-    assert cv.fold_split(2, val=False) == ((1, 3, 4, 5), (), (2,))
+    assert cv.fold_split(2, "no_val") == ((1, 3, 4, 5), (), (2,))
     out = tmp_path / "cv4"
     assert cv.main(_args(esc50_flac, out, "--no-val", "--folds", "2")) == 2      # select best: nothing to choose on
     assert "select 'last'" in capsys.readouterr().err
@@ -153,3 +163,67 @@ def test_four_training_folds_without_validation(esc50_flac, tmp_path, capsys, mo
     assert cv.main(base) == 0 and cv.main([*base, "--no-val"]) == 0
     dirs = sorted(p.name for p in (tmp_path / "runs").iterdir())
     assert len(dirs) == 2 and all(d.startswith("cv_mlp-") for d in dirs)
+
+
+def _inner_recipe(tmp_path):
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("model: mlp\npreset: tiny\ntrain_folds: [1, 2, 3]\nval_folds: [4]\ntest_folds: []\n"
+                      "train:\n  select: last\n  epochs: 1\n")
+    return recipe
+
+
+def test_inner_cross_validation_over_the_development_folds(esc50_flac, tmp_path, capsys, monkeypatch):
+    from training import cli
+
+    out = tmp_path / "inner"
+    assert cv.main(_args(esc50_flac, out, "--inner", "--folds", "1,2")) == 2      # select best: it would choose
+    err = capsys.readouterr().err.strip()
+    assert "--select last" in err and "\n" not in err and not out.exists()
+    with pytest.raises(SystemExit):
+        cv.main(_args(esc50_flac, out, "--inner", "--select", "last", "--folds", "5"))
+    assert "fold 5 is the test fold" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        cv.main(_args(esc50_flac, out, "--inner", "--no-val", "--select", "last"))
+    capsys.readouterr()
+
+    assert cv.main(_args(esc50_flac, out, "--inner", "--select", "last", "--folds", "1,2")) == 0
+    printed = capsys.readouterr().out
+    assert "val fold 1, test fold -" in printed and "inner cross-validation over folds 1-4" in printed
+    vals = []
+    for k, train in ((1, [2, 3, 4]), (2, [1, 3, 4])):
+        meta = read_meta(out / f"fold{k}" / "best.safetensors")
+        assert meta["dataset"]["train_folds"] == train and meta["dataset"]["val_folds"] == [k]
+        assert meta["dataset"]["test_folds"] == [] and meta["cv"]["scheme"] == "inner"
+        m = json.loads((out / f"fold{k}" / "metrics.json").read_text())
+        assert m["n_test"] == 0 and m["test_acc"] is None and m["n_val"] == 6      # fold 5 was never read
+        vals.append(m["val_acc"])
+    s = json.loads((out / "cv_results.json").read_text())
+    assert s["inner"] and s["folds_done"] == [1, 2] and s["folds_missing"] == [3, 4] and not s["complete"]
+    assert s["val_acc"]["mean"] == pytest.approx(np.mean(vals)) and s["test_acc"]["n"] == 0
+    assert [r["val_fold"] for r in s["per_fold"]] == [1, 2]
+
+    # a fold made by train.py with the same recipe and folds is the same run: cv skips it and collects it
+    recipe = _inner_recipe(tmp_path)
+    common = ["--recipe", str(recipe), "--data-dir", str(esc50_flac), "--batch-size", "6", "--no-augment",
+              "--expansion", "1", "--mixup", "0", "--threads", "1", "--no-progress"]
+    rout = tmp_path / "inner_recipe"
+    assert cli.main([*common, "--train-folds", "1,2,4", "--val-folds", "3", "--out", str(rout / "fold3")]) == 0
+    capsys.readouterr()
+    assert cv.main([*common, "--inner", "--folds", "3", "--out", str(rout)]) == 0
+    printed = capsys.readouterr().out
+    assert "fold 3: finished earlier" in printed and "epoch " not in printed
+    assert json.loads((rout / "cv_results.json").read_text())["folds_done"] == [3]
+
+    # a test-fold run in the same directory is another experiment: refused in one line, exit 2
+    assert cv.main(_args(esc50_flac, tmp_path / "outer", "--select", "last", "--folds", "4")) == 0
+    (out / "fold4").symlink_to(tmp_path / "outer" / "fold4", target_is_directory=True)
+    capsys.readouterr()
+    assert cv.main(["--out", str(out), "--summarise"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "mixes inner cross-validation runs" in err and "\n" not in err
+
+    # the default output directory differs from the test-fold experiment's
+    monkeypatch.chdir(tmp_path)
+    base = [a for a in _args(esc50_flac, out, "--select", "last", "--folds", "1") if a not in ("--out", str(out))]
+    assert cv.main(base) == 0 and cv.main([*base, "--inner"]) == 0
+    assert len([p for p in (tmp_path / "runs").iterdir() if p.name.startswith("cv_mlp-")]) == 2

@@ -10,6 +10,12 @@ no validation split, the last weights, ``--select last``), into ``<out>/fold<k>/
 collects every finished fold into ``<out>/cv_results.json`` and ``<out>/cv_results.csv``
 (per-fold table plus mean and standard deviation of the test accuracy) and prints the table.
 
+With ``--inner``, inner cross-validation over the four development folds, which never reads fold 5 (the
+test fold of every recipe): for every requested fold ``k`` of 1-4 the runner trains on the other three of
+folds 1-4 with fold ``k`` as the validation split and no test split (``--select last``: the fold that scores
+a run chooses nothing in it). Its score, the mean validation accuracy over the folds, compares recipes on
+1600 clips instead of fold 4's 400, and a recipe chosen by it can still be read once on fold 5.
+
 Resumable: a fold that has ``metrics.json`` is finished and is not retrained; an interrupted fold
 resumes from its ``last.pt`` (the engine's resume). Folds can run as separate processes or on
 separate machines sharing the output directory, then be collected::
@@ -18,6 +24,7 @@ separate machines sharing the output directory, then be collected::
     python -m training.cv --model mlp --epochs 30 --out runs/cv_mlp --folds 3  # only fold 3
     python -m training.cv --out runs/cv_mlp --summarise                        # collect, no training
     python -m training.cv --recipe recipes/liquid_s4_esc50.yaml --no-val       # four training folds each
+    python -m training.cv --recipe recipes/cnn_esc50.yaml --inner --folds 1    # validate on 1, train on 2-4
     torchrun --nproc_per_node=4 -m training.distributed cv --model vjepa2 --preset gpu --device cuda ...
 
 Every model, data and training flag of ``train.py`` is accepted (same parser, ``--recipe``
@@ -39,21 +46,35 @@ from pathlib import Path
 import numpy as np
 
 ALL_FOLDS = (1, 2, 3, 4, 5)
+DEV_FOLDS = (1, 2, 3, 4)        # inner cross-validation: fold 5, the test fold, is never read
+SCHEMES = ("val", "no_val", "inner")
 FOLD_FLAGS = ("train_folds", "val_folds", "test_folds")
 TABLE_COLUMNS = ("fold", "val_fold", "test_acc", "test_macro_f1", "val_acc", "best_epoch", "epochs_run",
                  "n_test", "mean_epoch_time_s")
 
 
-def fold_split(test_fold: int, folds=ALL_FOLDS, val: bool = True) -> tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...]]:
-    """(train, val, test) folds when ``test_fold`` is held out: validation is the next fold, or
-    none (``val=False``: every other fold trains)."""
-    folds = tuple(folds)
-    if test_fold not in folds:
-        raise ValueError(f"fold {test_fold} is not one of {folds}")
-    if not val:
-        return tuple(f for f in folds if f != test_fold), (), (test_fold,)
-    val_fold = folds[(folds.index(test_fold) + 1) % len(folds)]
-    return tuple(f for f in folds if f not in (test_fold, val_fold)), (val_fold,), (test_fold,)
+def fold_split(fold: int, scheme: str = "val") -> tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...]]:
+    """(train, val, test) folds of the run that holds out ``fold``. ``val``: ``fold`` is the test fold
+    and the next one validates; ``no_val``: ``fold`` is the test fold and every other fold trains;
+    ``inner``: ``fold`` (one of 1-4) validates, the other three of folds 1-4 train, nothing is tested."""
+    if scheme not in SCHEMES:
+        raise ValueError(f"scheme must be one of {SCHEMES}, got {scheme!r}")
+    folds = DEV_FOLDS if scheme == "inner" else ALL_FOLDS
+    if fold not in folds:
+        raise ValueError(f"fold {fold} is not one of {folds}" + (" (fold 5 is the test fold, never read by "
+                                                                   "inner cross-validation)" if fold == 5 else ""))
+    others = tuple(f for f in folds if f != fold)
+    if scheme == "inner":
+        return others, (fold,), ()
+    if scheme == "no_val":
+        return others, (), (fold,)
+    val_fold = folds[(folds.index(fold) + 1) % len(folds)]
+    return tuple(f for f in others if f != val_fold), (val_fold,), (fold,)
+
+
+def scheme_folds(scheme: str) -> tuple[int, ...]:
+    """The folds a scheme holds out one at a time."""
+    return DEV_FOLDS if scheme == "inner" else ALL_FOLDS
 
 
 def fold_dir(out: str | Path, fold: int) -> Path:
@@ -97,12 +118,16 @@ def build_parser() -> argparse.ArgumentParser:
         elif action.dest == "no_resume":
             action.help = "the same as --restart (default: off)"
     c = p.add_argument_group("cross-validation")
-    c.add_argument("--folds", type=cli.int_list, default=ALL_FOLDS,
-                   help="test folds to train (default: 1,2,3,4,5); run folds as separate processes with "
-                        "--folds 1, --folds 2, ... and collect with --summarise")
+    c.add_argument("--folds", type=cli.int_list, default=None,
+                   help="held-out folds to train: test folds (default: 1,2,3,4,5), or with --inner validation "
+                        "folds (default: 1,2,3,4); run folds as separate processes with --folds 1, --folds 2, ... "
+                        "and collect with --summarise")
     c.add_argument("--no-val", action="store_true", default=False,
                    help="train on the four other folds with no validation split (the published protocol; "
                         "needs --select last: nothing is chosen on any fold) (default: off)")
+    c.add_argument("--inner", action="store_true", default=False,
+                   help="inner cross-validation over folds 1-4: validate on each requested fold, train on the "
+                        "other three, never read fold 5 (needs --select last) (default: off)")
     c.add_argument("--summarise", "--summarize", action="store_true", default=False,
                    help="only collect the finished folds of --out into cv_results.json/.csv; no training "
                         "(default: off)")
@@ -115,9 +140,15 @@ def _validate(args, parser: argparse.ArgumentParser, explicit: set[str]) -> None
     given = [f"--{f.replace('_', '-')}" for f in FOLD_FLAGS if f in explicit]
     if given:
         parser.error(f"{', '.join(given)}: the CV runner sets the folds itself; use --folds to choose test folds")
-    bad = [f for f in args.folds if f not in ALL_FOLDS]
+    if args.inner and args.no_val:
+        parser.error("--inner and --no-val exclude each other: inner cross-validation validates on each fold")
+    allowed = scheme_folds("inner" if args.inner else "val")
+    if args.folds is None:
+        args.folds = allowed
+    bad = [f for f in args.folds if f not in allowed]
     if bad or not args.folds:
-        parser.error(f"--folds must be among {ALL_FOLDS}, got {args.folds}")
+        why = " (fold 5 is the test fold: inner cross-validation never reads it)" if args.inner and 5 in bad else ""
+        parser.error(f"--folds must be among {allowed}, got {args.folds}{why}")
     if not args.summarise:
         if not args.model:
             parser.error("--model is required (except with --summarise)")
@@ -130,33 +161,37 @@ def _validate(args, parser: argparse.ArgumentParser, explicit: set[str]) -> None
 # --------------------------------------------------------------------------------------------
 # Training
 # --------------------------------------------------------------------------------------------
-def _fold_spec(base_spec, fold: int, val: bool = True):
-    train_f, val_f, test_f = fold_split(fold, val=val)
+def _fold_spec(base_spec, fold: int, scheme: str = "val"):
+    train_f, val_f, test_f = fold_split(fold, scheme)
     return replace(base_spec, train_folds=train_f, val_folds=val_f, test_folds=test_f)
 
 
-def cv_settings(model_name: str, base_spec, cfg, preset=None, model_config=None, val: bool = True) -> dict:
+def cv_settings(model_name: str, base_spec, cfg, preset=None, model_config=None, scheme: str = "val") -> dict:
     """The settings of a whole CV experiment (fold 1's run settings without the fold split):
     its default output directory is named after their hash."""
     from training import run_dir
     from training.runner import checked_model_config
 
-    spec = _fold_spec(base_spec, ALL_FOLDS[0], val)
+    spec = _fold_spec(base_spec, scheme_folds(scheme)[0], scheme)
     _, resolved = checked_model_config(model_name, preset, model_config, spec)
     settings = run_dir.run_settings(model_name, resolved, cfg, spec)
     for k in FOLD_FLAGS:
         settings["data"].pop(k, None)
-    if not val:
+    if scheme == "no_val":
         settings["cv_validation"] = False      # four training folds: another experiment, another directory
+    elif scheme == "inner":
+        settings["cv_inner"] = True            # folds 1-4 only: another experiment, another directory
     return settings
 
 
-def run_folds(model_name: str, base_spec, cfg, out: str | Path, folds=ALL_FOLDS, preset: str | None = None,
+def run_folds(model_name: str, base_spec, cfg, out: str | Path, folds=None, preset: str | None = None,
               model_config: dict | None = None, resume: bool = True, extra_meta: dict | None = None,
-              log=print, val: bool = True) -> dict[int, dict]:
-    """Train the requested folds (skipping finished ones when ``resume``); return ``{fold: metrics}``.
+              log=print, scheme: str = "val") -> dict[int, dict]:
+    """Train the requested folds (default: every fold of the scheme), skipping finished ones when
+    ``resume``; return ``{fold: metrics}``.
 
-    ``base_spec`` is a :class:`training.data.DataSpec`; its fold fields are replaced per fold.
+    ``base_spec`` is a :class:`training.data.DataSpec`; its fold fields are replaced per fold
+    (:func:`fold_split` under ``scheme``).
     Under ``torch.distributed`` every rank runs every fold (the engine splits the batches); only
     rank 0 writes files and logs.
     """
@@ -166,10 +201,10 @@ def run_folds(model_name: str, base_spec, cfg, out: str | Path, folds=ALL_FOLDS,
     dist = DistInfo.current()
     out = Path(out)
     results: dict[int, dict] = {}
-    for fold in folds:
+    for fold in scheme_folds(scheme) if folds is None else folds:
         d = fold_dir(out, fold)
-        spec = _fold_spec(base_spec, fold, val)
-        train_f, val_f = spec.train_folds, spec.val_folds
+        spec = _fold_spec(base_spec, fold, scheme)
+        train_f, val_f, test_f = spec.train_folds, spec.val_folds, spec.test_folds
         if resume and is_finished(out, fold):
             from training import run_dir
             from training.runner import checked_model_config
@@ -184,10 +219,10 @@ def run_folds(model_name: str, base_spec, cfg, out: str | Path, folds=ALL_FOLDS,
         if dist.main:
             state = "resuming" if resume and (d / "last.pt").exists() else "training"
             log(f"fold {fold}: {state}, train folds {list(train_f)}, val fold {val_f[0] if val_f else '-'}, "
-                f"test fold {fold} -> {d}")
+                f"test fold {test_f[0] if test_f else '-'} -> {d}")
         meta = dict(extra_meta or {})
-        meta["cv"] = {"fold": fold, "folds": list(ALL_FOLDS), "train_folds": list(train_f),
-                      "val_fold": val_f[0] if val_f else None}
+        meta["cv"] = {"fold": fold, "folds": list(scheme_folds(scheme)), "scheme": scheme,
+                      "train_folds": list(train_f), "val_fold": val_f[0] if val_f else None}
         results[fold] = train_model(model_name, spec, d, cfg, preset=preset, model_config=model_config,
                                     resume=resume, extra_meta=meta)
         if dist.world > 1:
@@ -199,9 +234,23 @@ def run_folds(model_name: str, base_spec, cfg, out: str | Path, folds=ALL_FOLDS,
 # --------------------------------------------------------------------------------------------
 # Summary
 # --------------------------------------------------------------------------------------------
-def _row(fold: int, m: dict) -> dict:
-    return {"fold": fold, "val_fold": fold_split(fold)[1][0] if m.get("n_val") else None, "test_acc": m.get("test_acc"),
-            "test_macro_f1": m.get("test_macro_f1"), "val_acc": m.get("val_acc"),
+def _split_of(out: str | Path, fold: int, m: dict) -> tuple[list[int], list[int]]:
+    """(validation folds, test folds) the fold's run used, as its checkpoint's metadata records them
+    (whoever launched it: this runner or ``train.py`` with the same folds)."""
+    from training.checkpoint import read_meta
+
+    p = fold_dir(out, fold) / "best.safetensors"
+    if p.exists():
+        ds = read_meta(p).get("dataset") or {}
+        if "val_folds" in ds and "test_folds" in ds:
+            return list(ds["val_folds"]), list(ds["test_folds"])
+    _, val_f, test_f = fold_split(fold, "val" if m.get("n_val") else "no_val")   # runs that predate the metadata
+    return list(val_f), list(test_f)
+
+
+def _row(fold: int, m: dict, val_folds: list[int]) -> dict:
+    return {"fold": fold, "val_fold": val_folds[0] if val_folds and m.get("n_val") else None,
+            "test_acc": m.get("test_acc"), "test_macro_f1": m.get("test_macro_f1"), "val_acc": m.get("val_acc"),
             "best_epoch": m.get("best_epoch"), "epochs_run": m.get("epochs_run"), "n_test": m.get("n_test"),
             "mean_epoch_time_s": m.get("mean_epoch_time_s")}
 
@@ -216,20 +265,28 @@ def _stats(values: list[float]) -> dict:
 
 def summarise(out: str | Path, write: bool = True, log=print) -> dict:
     """Collect ``fold<k>/metrics.json`` of every finished fold into a summary (and cv_results.*); a fold
-    whose run is still going (or was interrupted) is listed as missing.
+    whose run is still going (or was interrupted) is listed as missing. Runs without a test fold are
+    inner cross-validation (folds 1-4; its score is ``val_acc``); a directory that mixes them with
+    test-fold runs is refused.
 
     ``std`` is the sample standard deviation over folds (ddof=1).
     """
     out = Path(out)
-    rows, model, params = [], None, None
+    rows, model, params, inner = [], None, None, set()
     for fold in ALL_FOLDS:
         m = _finished_metrics(out, fold)            # a fold still training is not done
         if m is not None:
-            rows.append(_row(fold, m))
+            val_f, test_f = _split_of(out, fold, m)
+            inner.add(not test_f)
+            rows.append(_row(fold, m, val_f))
             model, params = model or m.get("model"), params or m.get("params")
-    missing = [f for f in ALL_FOLDS if f not in {r["fold"] for r in rows}]
+    if len(inner) > 1:
+        raise ValueError(f"{out} mixes inner cross-validation runs (no test fold) with test-fold runs: "
+                         "summarise each experiment's directory alone")
+    inner = inner == {True}
+    missing = [f for f in scheme_folds("inner" if inner else "val") if f not in {r["fold"] for r in rows}]
     summary = {
-        "model": model, "params": params, "out": str(out), "complete": not missing,
+        "model": model, "params": params, "out": str(out), "complete": not missing, "inner": inner,
         "folds_done": [r["fold"] for r in rows], "folds_missing": missing,
         "test_acc": _stats([r["test_acc"] for r in rows]),
         "test_macro_f1": _stats([r["test_macro_f1"] for r in rows]),
@@ -266,8 +323,11 @@ def format_table(summary: dict) -> str:
                 else f"{v:.4f}" if isinstance(v, float) else v)
     lines = [f"cross-validation: {summary.get('model')} ({summary.get('out')})",
              df.to_string(index=False) if len(df) else ""]
-    t = summary["test_acc"]
-    if t["n"]:
+    t, v = summary["test_acc"], summary["val_acc"]
+    if summary.get("inner") and v["n"]:
+        lines.append(f"validation accuracy (inner cross-validation over folds 1-4, fold 5 not read): {v['mean']:.4f} "
+                     f"+- {v['std']:.4f} (mean +- sample std over {v['n']} fold{'s' if v['n'] != 1 else ''})")
+    elif t["n"]:
         lines.append(f"test accuracy: {t['mean']:.4f} +- {t['std']:.4f} (mean +- sample std over {t['n']} "
                      f"fold{'s' if t['n'] != 1 else ''})")
     else:
@@ -290,16 +350,19 @@ def main(argv=None) -> int:
         _validate(args, parser, cli.explicit_dests(build_parser, argv))
         out = Path(args.out) if args.out else None
         if not args.summarise:
-            val = not args.no_val
-            args.train_folds, args.val_folds, args.test_folds = fold_split(args.folds[0], val=val)  # replaced per fold
+            scheme = "inner" if args.inner else "no_val" if args.no_val else "val"
+            args.train_folds, args.val_folds, args.test_folds = fold_split(args.folds[0], scheme)  # replaced per fold
             cfg = cli.train_config_from_args(args)
+            if scheme == "inner" and cfg.select != "last":
+                raise cli.OptionError("--inner needs --select last: the fold that scores a run must choose nothing "
+                                      "in it (a recipe sets it with train: select: last)")
             spec = cli.data_spec_from_args(args)
             model_config = cli.model_config_from_args(args)
             if out is None:
                 out = cli.default_out("cv_", args.model,
-                                      cv_settings(args.model, spec, cfg, args.preset, model_config, val))
+                                      cv_settings(args.model, spec, cfg, args.preset, model_config, scheme))
             run_folds(args.model, spec, cfg, out, args.folds, preset=args.preset, model_config=model_config,
-                      resume=not (args.restart or args.no_resume), extra_meta={"cli": argv}, val=val)
+                      resume=not (args.restart or args.no_resume), extra_meta={"cli": argv}, scheme=scheme)
         elif out is None:
             raise cli.OptionError("--summarise needs --out (the CV directory, runs/cv_<model>-<hash>)")
         if not DistInfo.current().main:
