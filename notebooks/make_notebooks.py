@@ -88,10 +88,14 @@ TRAINING = {
         feature='{"n_mels": 64}',
         augment='{"freq_mask_param": 12}',
         train_overrides='{"epochs": 375, "lr": 1e-3, "ema": 0.999, "select": "last", "val_every": 10}',
-        differs=("the folds: the defaults below are `recipes/vjepa2_bf16_mel64.yaml` (64 mel bands, bf16 autocast "
-                 "where the CPU has it, EMA, the last weights, 375 epochs), which trains on folds 1-3 and watches "
-                 "fold 4; the shipped checkpoint is that recipe refit on folds 1-4 (`python train.py --recipe "
-                 "recipes/vjepa2_bf16_mel64_refit.yaml`)."),
+        differs=("the folds and the tokens: the defaults below are `recipes/vjepa2_bf16_mel64.yaml` (64 mel "
+                 "bands, 2-D tubelets, mixup, bf16 autocast where the CPU has it, EMA, the last weights, 375 "
+                 "epochs), which trains on folds 1-3 and watches fold 4; the shipped checkpoint is "
+                 "`recipes/vjepa2_bf16_mel64_fb_bc.yaml` refit on folds 1-4 (`python train.py --recipe "
+                 "recipes/vjepa2_bf16_mel64_fb_bc_refit.yaml` reproduces it): full-band tubelets (19 time "
+                 "tokens), between-class mixing, EQ / time-stretch / mel-shift augmentation, 3-s crops, 525 "
+                 "epochs. To follow it, put `\"patch_f\": 64` into the model config, its `train:` settings into "
+                 "`TRAIN_OVERRIDES` and its `augment:` settings into `AUGMENT`."),
     ),
 }
 
