@@ -203,16 +203,34 @@ def results_table(found: dict, recipes: pd.DataFrame, latency: dict[str, float],
             "command": rec.get("command", "")})
     for e in ensembles:
         ci = binomial_ci(e.get("test_acc"), e.get("n_test"))
-        label = " + ".join(f"{m.removesuffix(SEEDS)} ({len(e['checkpoints'][m])} seeds)"
-                           if m.endswith(SEEDS) and len(e["checkpoints"][m]) > 1 else member_label(m)
-                           for m in e["members"])
-        rows.append({"model": f"ensemble: {label} (mean probability)", "shipped checkpoint": "",
-                     "params": "", "fold-4 val": _acc(e.get("val_acc")) if e.get("n_val", 1) else "a member trained on it",
+        label = e.get("label") or "ensemble: " + " + ".join(
+            f"{m.removesuffix(SEEDS)} ({len(e['checkpoints'][m])} seeds)"
+            if m.endswith(SEEDS) and len(e["checkpoints"][m]) > 1 else member_label(m) for m in e["members"]) + \
+            " (mean probability)"
+        rows.append({"model": label, "shipped checkpoint": "", "params": "",
+                     "fold-4 val": e.get("val_cell") or (_acc(e.get("val_acc")) if e.get("n_val", 1)
+                                                         else "a member trained on it"),
                      "fold-5 test (95 % CI)": f"**{_acc(e.get('test_acc'))}** ± {ci:.3f}",
                      "test macro-F1": f"{e['test_macro_f1']:.3f}" if e.get("test_macro_f1") is not None else "",
                      "epochs (views/epoch)": "", "CPU epoch time": "", "CPU latency, batch 1": "",
-                     "command": "`benchmarks/collect_results.py --measure-ensembles` (members fixed in advance)"})
+                     "command": e.get("command") or
+                     "`benchmarks/collect_results.py --measure-ensembles` (members fixed in advance)"})
     return pd.DataFrame(rows)
+
+
+def pool_ensembles(info: dict | None) -> list[dict]:
+    """The test-fold reads of ``benchmarks/ensemble_pool.py`` (``results/ensemble_pool.json``) as rows of the
+    results table: members chosen on the validation fold by proxies, so that cell shows the proxies' figure."""
+    rows = []
+    for name, t in ((info or {}).get("test") or {}).items():
+        weigh = "every family weighing the same" if t["weigh"] == "family" else "every member weighing the same"
+        chosen = " (chosen on fold 4)" if (info.get("decision") or {}).get("chosen") == name else ""
+        rows.append({"members": t["members"], "test_acc": t["acc"], "n_test": t["n"], "test_macro_f1": t["macro_f1"],
+                     "val_acc": info["validation"][name]["acc"], "n_val": info["validation"][name]["n"],
+                     "label": f"ensemble: pool of {len(t['members'])} refits, mean probability with {weigh}{chosen}",
+                     "val_cell": f"proxies: {info['validation'][name]['acc']:.4f}",
+                     "command": f"`benchmarks/ensemble_pool.py --pool {info['pool']} --test`"})
+    return rows
 
 
 ATTEMPT_COLUMNS = {"liquid_s4": "Liquid-S4 (PolyB)", "mamba": "Mamba", "vjepa2": "V-JEPA2 ViT (`mini`)", "cnn": "CNN"}
@@ -399,6 +417,7 @@ def run(args) -> int:
     recipes = read_models_csv(res_dir / "models.csv")
     latency, lat_info = read_latency(res_dir / "latency.json")
     ensembles = (results.read_json(res_dir / "ensembles.json", {}) or {}).get("ensembles", [])
+    ensembles += pool_ensembles(results.read_json(res_dir / "ensemble_pool.json"))
     tables = {"results": markdown(results_table(found, recipes, latency, ensembles)) + "\n\n"
               "± is the half-width of the 95 % binomial confidence interval of the test accuracy. CPU latency: "
               "`results/latency.json` (the latency table below)."}
