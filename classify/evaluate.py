@@ -296,6 +296,7 @@ def save_evaluation(out_dir: Path, res: dict, class_names: list[str], names: lis
                     probs: np.ndarray, labels: np.ndarray) -> list[Path]:
     """metrics.json, confusion_matrix.csv/.png, per_class_accuracy.csv, predictions.csv (atomic)."""
     from training.metrics import predictions
+    from training.results import write_predictions
 
     out_dir.mkdir(parents=True, exist_ok=True)
     cm = np.asarray(res["confusion_matrix"])
@@ -314,11 +315,7 @@ def save_evaluation(out_dir: Path, res: dict, class_names: list[str], names: lis
     task = {"type": "binary", "threshold": res["threshold"]} if "threshold" in res else None
     preds = predictions(probs, task)
 
-    def per_clip(w):
-        w.writerow(["clip", "true", "predicted", "prob_predicted"] + [f"p_{c}" for c in class_names])
-        for name, p, y, j in zip(names, probs, labels, preds):
-            w.writerow([name, class_names[int(y)], class_names[j], f"{p[j]:.6f}"] + [f"{v:.6f}" for v in p])
-    atomic_write(paths[3], _csv_writer(per_clip))
+    write_predictions(paths[3], names, probs, labels, class_names, preds)
     atomic_write(paths[4], lambda t: plot_confusion(cm, class_names, t, f"accuracy {res['accuracy']:.4f} (n={res['n']})"))
     return paths
 

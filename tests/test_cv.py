@@ -155,6 +155,7 @@ def test_four_training_folds_without_validation(esc50_flac, tmp_path, capsys, mo
     assert meta["cv"]["val_fold"] is None
     m = json.loads((out / "fold2" / "metrics.json").read_text())
     assert m["val_acc"] is None and m["n_test"] == 6
+    assert not (out / "fold2" / "val_predictions.csv").exists()         # no validation fold, no predictions
     s = json.loads((out / "cv_results.json").read_text())
     assert s["per_fold"][0]["val_fold"] is None and s["test_acc"]["n"] == 1
     # the default output directory differs from the three-training-fold experiment's
@@ -197,6 +198,14 @@ def test_inner_cross_validation_over_the_development_folds(esc50_flac, tmp_path,
         m = json.loads((out / f"fold{k}" / "metrics.json").read_text())
         assert m["n_test"] == 0 and m["test_acc"] is None and m["n_val"] == 6      # fold 5 was never read
         vals.append(m["val_acc"])
+        # out-of-fold predictions: the validation fold's clips, one row each, scoring what metrics.json says
+        with open(out / f"fold{k}" / "val_predictions.csv") as fh:
+            rows = list(csv.DictReader(fh))
+        assert len(rows) == 6 and all(r["clip"].startswith(f"{k}-") for r in rows)
+        assert np.mean([r["true"] == r["predicted"] for r in rows]) == pytest.approx(m["val_acc"])
+        probs = np.array([[float(r[f"p_{c}"]) for c in meta["class_names"]] for r in rows])
+        assert np.allclose(probs.sum(1), 1, atol=1e-4)
+        assert [meta["class_names"][j] for j in probs.argmax(1)] == [r["predicted"] for r in rows]
     s = json.loads((out / "cv_results.json").read_text())
     assert s["inner"] and s["folds_done"] == [1, 2] and s["folds_missing"] == [3, 4] and not s["complete"]
     assert s["val_acc"]["mean"] == pytest.approx(np.mean(vals)) and s["test_acc"]["n"] == 0

@@ -83,7 +83,7 @@ def test_training_reduces_loss_and_writes_outputs(esc50_flac, tmp_path):
     hist = json.loads((tmp_path / "history.json").read_text())
     assert hist[-1]["train_loss"] < hist[0]["train_loss"]
     assert metrics["test_acc"] is not None and metrics["n_test"] == 6
-    for f in ("best.safetensors", "last.pt", "history.csv", "metrics.json", "curves.png"):
+    for f in ("best.safetensors", "last.pt", "history.csv", "metrics.json", "curves.png", "val_predictions.csv"):
         assert (tmp_path / f).exists()
     meta = read_meta(tmp_path / "best.safetensors")
     assert meta["class_names"] == tr.class_names and len(meta["normalization"]["mean"]) == 128

@@ -5,8 +5,8 @@ For every requested fold ``k`` the runner trains with fold ``k`` as the test spl
 (``k % 5 + 1``) as the validation split (model selection / early stopping) and the other three
 folds as the training split (with ``--no-val``, the published ESC-50 protocol: the four other folds,
 no validation split, the last weights, ``--select last``), into ``<out>/fold<k>/``
-(``best.safetensors``, ``last.pt``, ``history.*``, ``metrics.json``, ``curves.png``, exactly as
-``train.py`` writes them). It then
+(``best.safetensors``, ``last.pt``, ``history.*``, ``metrics.json``, ``curves.png``,
+``val_predictions.csv``, exactly as ``train.py`` writes them). It then
 collects every finished fold into ``<out>/cv_results.json`` and ``<out>/cv_results.csv``
 (per-fold table plus mean and standard deviation of the test accuracy) and prints the table.
 

@@ -11,6 +11,8 @@ test split, and writes into ``out_dir``:
 * ``last.pt``: the full training state after the latest epoch (weights-only loadable) for resume
 * ``history.csv`` / ``history.json``: one row per epoch (loss, accuracy, lr, time, data time)
 * ``metrics.json``: best validation and final test metrics; ``curves.png``: the learning curves
+* ``val_predictions.csv``: the model's per-clip validation probabilities (the format of ``inference.py
+  --evaluate``'s ``predictions.csv``): in cross-validation, out-of-fold predictions for choosing ensembles
 
 Datasets are :class:`audio_utils.FeatureDataset` (anything with ``get_batch(indices, generator)``,
 ``__len__``, ``num_clips``, ``num_classes``, ``class_names``, ``feature_cfg`` and normalisation
@@ -721,6 +723,7 @@ def finalize(model, out: Path, train_ds, val_ds, test_ds, cfg, device, history, 
         if task.get("type") == "binary":
             task["threshold"] = best_threshold(probs[:, 1], labels == 1)   # chosen on validation only
         val = metrics_with_loss(probs, labels, val_ds.class_names, task)
+        val_rows = (probs, labels, predictions(probs, task))
     test = evaluate(model, test_ds, cfg.eval_batch_size, device, cfg.amp, task, **views) if test_ds is not None else None
     epoch_times = [h["epoch_time"] for h in history]
     metrics = {
@@ -751,6 +754,10 @@ def finalize(model, out: Path, train_ds, val_ds, test_ds, cfg, device, history, 
         save_checkpoint(out / "best.safetensors", model, ckpt_meta({k: v for k, v in metrics.items()
                                                                       if not k.startswith("test_confusion")}))
         atomic_write(out / "metrics.json", lambda t: Path(t).write_text(json.dumps(metrics, indent=1)))
+        if val_ds is not None:     # the validation fold's predictions: out-of-fold ones in cross-validation
+            from training.results import write_predictions
+            v_probs, v_labels, v_preds = val_rows
+            write_predictions(out / "val_predictions.csv", val_ds.names, v_probs, v_labels, val_ds.class_names, v_preds)
         if history:
             plot_history(history, out / "curves.png", metrics["model"])
         val_txt = f"val acc {val['accuracy']:.4f}" if val_ds is not None else "no validation split"

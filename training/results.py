@@ -61,6 +61,31 @@ def write_json(path: str | os.PathLike, obj) -> Path:
     return path
 
 
+def write_predictions(path: str | os.PathLike, names: Sequence[str], probs: np.ndarray, labels: np.ndarray,
+                      class_names: Sequence[str], preds: np.ndarray | None = None) -> Path:
+    """One row per clip, atomically: ``clip,true,predicted,prob_predicted,p_<class>...`` (``preds`` default:
+    the argmax). ``inference.py --evaluate`` writes it as ``predictions.csv``, training as
+    ``val_predictions.csv``; ``benchmarks/ensemble_errors.py`` reads either."""
+    import csv
+
+    from training.checkpoint import atomic_write
+
+    preds = np.asarray(probs).argmax(1) if preds is None else preds
+    if not len(names) == len(probs) == len(labels) == len(preds):
+        raise ValueError(f"{len(names)} names, {len(probs)} rows of probabilities, {len(labels)} labels, "
+                         f"{len(preds)} predictions")
+
+    def write(tmp):
+        with open(tmp, "w", newline="") as fh:
+            w = csv.writer(fh)
+            w.writerow(["clip", "true", "predicted", "prob_predicted"] + [f"p_{c}" for c in class_names])
+            for name, p, y, j in zip(names, probs, labels, preds):
+                w.writerow([name, class_names[int(y)], class_names[int(j)], f"{p[j]:.6f}"] + [f"{v:.6f}" for v in p])
+    path = Path(path)
+    atomic_write(path, write)
+    return path
+
+
 def display_path(p: str | os.PathLike) -> str:
     """Repository-relative when inside the repository (summary files stay machine-independent)."""
     try:

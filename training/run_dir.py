@@ -36,7 +36,8 @@ from typing import Any
 RUN_FILE = "run.json"
 LOCK_FILE = "run.lock"
 # what fit() / finalize() write into a run directory (deleted by a restart)
-RUN_OUTPUTS = ("last.pt", "best.safetensors", "history.csv", "history.json", "metrics.json", "curves.png", RUN_FILE)
+RUN_OUTPUTS = ("last.pt", "best.safetensors", "history.csv", "history.json", "metrics.json", "curves.png",
+               "val_predictions.csv", RUN_FILE)
 # TrainConfig fields that do not change the run (see the module docstring)
 RUNTIME_FIELDS = frozenset({"threads", "progress", "device", "compile", "eval_batch_size"})
 DATA_RUNTIME_FIELDS = frozenset({"cache_dir"})
