@@ -19,6 +19,11 @@ from pathlib import Path
 
 import pandas as pd
 
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from training.results import PredictionsError  # noqa: E402
+from training.results import read_predictions as _read_predictions  # noqa: E402
+
 
 class UsageError(Exception):
     """Bad arguments or unreadable inputs: one line on stderr, exit 2."""
@@ -26,14 +31,10 @@ class UsageError(Exception):
 
 def read_predictions(path: Path) -> pd.DataFrame:
     """One member's ``predictions.csv`` (or the folder holding it), indexed by clip."""
-    f = path / "predictions.csv" if path.is_dir() else path
-    if not f.is_file():
-        raise UsageError(f"{path}: no predictions.csv (write one with inference.py --evaluate --out-dir DIR)")
-    df = pd.read_csv(f)
-    missing = {"clip", "true", "predicted"} - set(df.columns)
-    if missing or not any(c.startswith("p_") for c in df.columns):
-        raise UsageError(f"{f}: needs columns clip, true, predicted and p_<class> (missing {sorted(missing) or 'p_*'})")
-    return df.set_index("clip")
+    try:
+        return _read_predictions(path)
+    except PredictionsError as exc:
+        raise UsageError(str(exc)) from None
 
 
 def analyse(members: dict[str, pd.DataFrame], worst: int = 10) -> dict:
@@ -91,7 +92,6 @@ def main(argv=None) -> int:
     text = report(res, args.members)
     print(text, end="")
     if args.out:
-        sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
         from training.checkpoint import atomic_write
 
         atomic_write(Path(args.out), lambda t: Path(t).write_text(text))

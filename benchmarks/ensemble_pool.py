@@ -2,7 +2,8 @@
 """Choose an ensemble's members on the validation fold from a pool of refits (``training.ensemble_pool``).
 
 Scores every ensemble of the pool file on its validation fold, each refit stood in for by its proxy (the
-run of the same recipe that held that fold out), prints each member's and each ensemble's accuracy and
+run of the same recipe that held that fold out, or that run's saved validation predictions, such as the
+out-of-fold ``val_predictions.csv`` of ``python -m training.cv --inner``), prints each member's and each ensemble's accuracy and
 negative log-likelihood, and applies the pool's rule: the best candidate replaces the baseline when it is
 at least ``margin`` more accurate. With ``--test`` it then reads the candidates once on the test fold, with
 the refits. Writes both parts to ``--out``.
@@ -26,6 +27,8 @@ def main(argv=None) -> int:
     p.add_argument("--pool", required=True, help="pool file (recipes/ensembles/*.yaml)")
     p.add_argument("--checkpoint-dir", default=str(REPO / "checkpoints"))
     p.add_argument("--data-dir", default=None, help="ESC-50 root (default: as train.py)")
+    p.add_argument("--predictions-root", default=str(REPO),
+                   help="where a pool's predictions-file proxies are (default: the repository)")
     p.add_argument("--test", action="store_true", help="after the decision: read the candidates on the test fold")
     p.add_argument("--out", default=str(REPO / "results" / "ensemble_pool.json"))
     p.add_argument("--threads", type=int, default=2)
@@ -44,21 +47,31 @@ def main(argv=None) -> int:
         return 2
     ck_dir = Path(args.checkpoint_dir)
     splits = ("validation", "test") if args.test else ("validation",)
-    absent = sorted({n for e in pool.ensembles for s in splits for g in pool.checkpoints(e, s).values()
-                     for names in g.values() for n in names if not (ck_dir / f"{n}.safetensors").is_file()})
+    files = Path(args.predictions_root)
+
+    def where(n: str, split: str) -> Path:
+        return files / n if split == "validation" and pool.proxies_are_predictions else ck_dir / f"{n}.safetensors"
+    absent = sorted({str(where(n, s)) for e in pool.ensembles for s in splits for g in pool.checkpoints(e, s).values()
+                     for names in g.values() for n in names if not where(n, s).is_file()})
     if absent:
-        print(f"error: no such checkpoint in {ck_dir}: {', '.join(absent)}", file=sys.stderr)
+        print(f"error: no such file: {', '.join(absent)}", file=sys.stderr)
         return 2
     root = args.data_dir or str(default_esc50_dir())
     torch.set_num_threads(args.threads)
     cache: dict = {}
     t0 = time.perf_counter()
 
-    val = {e: evaluate(pool, e, "validation", root, ck_dir, cache) for e in pool.ensembles}
-    print(f"validation fold {pool.validation_fold} (proxies), {val[pool.baseline]['n']} clips:")
+    try:
+        val = {e: evaluate(pool, e, "validation", root, ck_dir, cache, files) for e in pool.ensembles}
+    except PoolError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    split = ("the proxies' predictions files" if pool.proxies_are_predictions
+             else f"validation fold {pool.validation_fold} (proxies)")
+    print(f"{split}, {val[pool.baseline]['n']} clips:")
     for m in pool.members.values():
         acc = next(v["member_acc"][m.name] for v in val.values() if m.name in v["member_acc"])
-        print(f"  {acc:.4f}  {m.name:<28} {m.family:<10} proxy {m.proxy}")
+        print(f"  {acc:.4f}  {m.name:<28} {m.family:<10} proxy {', '.join(m.proxy)}")
     for e, v in val.items():
         role = "baseline" if e == pool.baseline else "candidate" if e in pool.candidates else "reference"
         print(f"  ensemble {e:<16} {role:<9} weigh {v['weigh']:<6} {len(v['members']):>2} members: "

@@ -80,7 +80,8 @@ def test_a_bad_pool_is_refused_with_the_key_named(edit, message):
 def test_the_committed_pool_parses_and_names_committed_checkpoints():
     pool = load_pool(REPO / "recipes" / "ensembles" / "esc50_pool.yaml")
     assert isinstance(pool, EnsemblePool) and pool.validation_fold == 4 and pool.test_fold == 5
-    names = {n for m in pool.members.values() for n in (m.proxy, *m.refits)}
+    names = {n for m in pool.members.values() for n in (*m.proxy, *m.refits)}
+    assert not pool.proxies_are_predictions
     assert all((REPO / "checkpoints" / f"{n}.safetensors").is_file() for n in names)
     for m in pool.members.values():
         assert m.recipe is None or (REPO / "recipes" / f"{m.recipe}.yaml").is_file()
@@ -155,4 +156,71 @@ def test_bad_input_exits_2_with_one_line(tmp_path, capsys):
     good.write_text(yaml.safe_dump(POOL))
     assert script.main(["--pool", str(good), "--checkpoint-dir", str(tmp_path)]) == 2
     err = capsys.readouterr().err
-    assert err.startswith("error: no such checkpoint") and err.count("\n") == 1
+    assert err.startswith("error: no such file") and "pa.safetensors" in err and err.count("\n") == 1
+
+
+def _oof(tmp_path: Path, name: str, fold: int, probs, labels, classes=("a", "b")) -> str:
+    """A val_predictions.csv of clips ``<fold>-<i>.wav``, as training writes it."""
+    from training.results import write_predictions
+
+    path = tmp_path / name / f"fold{fold}.csv"
+    path.parent.mkdir(exist_ok=True)
+    write_predictions(path, [f"{fold}-{i}.wav" for i in range(len(labels))], np.asarray(probs, float),
+                      np.asarray(labels), list(classes))
+    return str(path.relative_to(tmp_path))
+
+
+def test_out_of_fold_predictions_as_proxies(tmp_path, capsys):
+    from training.ensemble_pool import evaluate
+
+    # two folds of two clips each; true classes a, b | a, b
+    y = [0, 1]
+    pa = [_oof(tmp_path, "pa", k, [[0.9, 0.1], [0.6, 0.4]], y) for k in (1, 2)]     # right on a only: 0.5
+    pb = [_oof(tmp_path, "pb", k, [[0.3, 0.7], [0.2, 0.8]], y) for k in (1, 2)]     # right on b only: 0.5
+    pc = [_oof(tmp_path, "pc", k, [[0.55, 0.45], [0.45, 0.55]], y) for k in (1, 2)]  # right on both: 1.0
+    d = copy.deepcopy(POOL)
+    for m, proxy in zip(("a", "b", "c"), (pa, pb, pc)):
+        d["members"][m]["proxy"] = proxy
+    pool = parse_pool(d)
+    assert pool.proxies_are_predictions
+    res = {e: evaluate(pool, e, "validation", None, None, predictions_root=tmp_path) for e in pool.ensembles}
+    assert res["all"]["n"] == 4 and res["all"]["fold"] is None
+    assert res["all"]["member_acc"] == {"a": 0.5, "b": 0.5, "c": 1.0}
+    # every member the same: clip a: (0.9 + 0.3 + 0.55) / 3 > 0.5 (right); clip b: (0.6 + 0.2 + 0.45) / 3 < 0.5
+    assert res["all"]["acc"] == 1.0
+    # by family, x = mean(a, b), y = c: clip b: ((0.6 + 0.2) / 2 + 0.45) / 2 = 0.425 for a: right
+    assert res["by_family"]["acc"] == 1.0
+    # "two" (a, c): clip b: (0.6 + 0.45) / 2 = 0.525 for a: wrong on both folds' b clips
+    assert res["two"]["acc"] == 0.5
+
+    # the script: proxies read relative to --predictions-root, checkpoints still needed for --test only
+    pool_file = tmp_path / "pool.yaml"
+    pool_file.write_text(yaml.safe_dump(d))
+    script = load_script("benchmarks/ensemble_pool.py")
+    out = tmp_path / "out.json"
+    assert script.main(["--pool", str(pool_file), "--predictions-root", str(tmp_path), "--out", str(out),
+                        "--threads", "1"]) == 0
+    printed = capsys.readouterr().out
+    assert "the proxies' predictions files, 4 clips" in printed
+    assert json.loads(out.read_text())["decision"]["chosen"] == "all"     # 1.0 against 0.5
+    assert script.main(["--pool", str(pool_file), "--predictions-root", str(tmp_path), "--out", str(out),
+                        "--test", "--checkpoint-dir", str(tmp_path)]) == 2
+    assert "no such file" in capsys.readouterr().err
+
+    # refused: a test-fold clip, a clip twice, members over other clips, mixed kinds of proxy
+    bad = copy.deepcopy(d)
+    bad["members"]["a"]["proxy"] = pa + [_oof(tmp_path, "leak", 5, [[0.5, 0.5]], [0])]
+    with pytest.raises(PoolError, match="from the test fold 5"):
+        evaluate(parse_pool(bad), "all", "validation", None, None, predictions_root=tmp_path)
+    bad["members"]["a"]["proxy"] = pa + [_oof(tmp_path, "dup", 1, [[0.5, 0.5]], [0])]     # clip 1-0.wav again
+    with pytest.raises(PoolError, match="appears in two files"):
+        evaluate(parse_pool(bad), "all", "validation", None, None, predictions_root=tmp_path)
+    bad["members"]["a"]["proxy"] = pa[:1]
+    with pytest.raises(PoolError, match="other clips"):
+        evaluate(parse_pool(bad), "all", "validation", None, None, predictions_root=tmp_path)
+    bad["members"]["a"]["proxy"] = "pa_checkpoint"
+    with pytest.raises(PoolError, match="use one kind"):
+        parse_pool(bad)
+    bad["members"]["a"]["proxy"] = ["x", "y"]
+    with pytest.raises(PoolError, match="must all be predictions files"):
+        parse_pool(bad)

@@ -2,7 +2,10 @@
 
 A refit trained on every development fold, so it cannot be scored on the validation fold. A pool file
 (``recipes/ensembles/*.yaml``) gives each member its ``refits`` (what the member is on the test fold; several
-are averaged) and a ``proxy``: the run of the same recipe that held the validation fold out. Named ensembles
+are averaged) and a ``proxy``: either the checkpoint of the same recipe's run that held the validation fold
+out (scored there), or the per-clip validation predictions of such runs (``val_predictions.csv`` files, one
+per validation fold: the out-of-fold predictions of ``python -m training.cv --inner``, so that members are
+chosen on every development fold's clips instead of one fold's). A pool uses one kind of proxy throughout. Named ensembles
 list members and how they are weighed: ``member`` (each member the same) or ``family`` (each family the same,
 its members averaged first). The decision rule: the best of ``candidates`` on the validation fold (earlier
 wins a tie) replaces ``baseline`` when it is at least ``margin`` more accurate. The test fold is read only
@@ -31,7 +34,7 @@ class PoolMember:
     name: str
     family: str
     refits: tuple[str, ...]
-    proxy: str
+    proxy: tuple[str, ...]          # one checkpoint name, or one or more predictions files (.csv)
     recipe: str | None = None
 
 
@@ -52,10 +55,15 @@ class EnsemblePool:
     validation_fold: int
     test_fold: int
 
+    @property
+    def proxies_are_predictions(self) -> bool:
+        """Whether the proxies are predictions files (else checkpoints scored on the validation fold)."""
+        return next(iter(self.members.values())).proxy[0].endswith(".csv")
+
     def checkpoints(self, ensemble: str, split: str) -> dict[str, dict[str, list[str]]]:
-        """``{group: {member: [checkpoint names]}}`` of ``ensemble`` on ``split``: one group per member when
-        members weigh the same, one per family when families do; proxies on the validation fold, refits on
-        the test fold."""
+        """``{group: {member: [names]}}`` of ``ensemble`` on ``split``: one group per member when members
+        weigh the same, one per family when families do; proxies on the validation split (checkpoint names
+        or predictions files), refits (checkpoint names) on the test fold."""
         if split not in SPLITS:
             raise ValueError(f"split must be one of {', '.join(SPLITS)}, not {split!r}")
         ens = self.ensembles[ensemble]
@@ -63,7 +71,7 @@ class EnsemblePool:
         for name in ens.members:
             m = self.members[name]
             key = m.name if ens.weigh == "member" else m.family
-            groups.setdefault(key, {})[name] = [m.proxy] if split == "validation" else list(m.refits)
+            groups.setdefault(key, {})[name] = list(m.proxy if split == "validation" else m.refits)
         return groups
 
     def decide(self, accuracy: dict[str, float]) -> dict[str, Any]:
@@ -116,12 +124,17 @@ def parse_pool(d: Any, where: str = "pool") -> EnsemblePool:
     for name, m in _keys(d["members"], set(d["members"] or {}), set(), f"{where}: members").items():
         at = f"{where}: members.{name}"
         m = _keys(m, {"family", "refits", "proxy", "recipe"}, {"family", "refits", "proxy"}, at)
-        for k in ("family", "proxy") + (("recipe",) if "recipe" in m else ()):
+        for k in ("family",) + (("recipe",) if "recipe" in m else ()):
             if not isinstance(m[k], str) or not m[k]:
                 raise PoolError(f"{at}.{k}: expected a name")
-        members[name] = PoolMember(name, m["family"], _names(m["refits"], f"{at}.refits"), m["proxy"], m.get("recipe"))
+        proxy = (m["proxy"],) if isinstance(m["proxy"], str) and m["proxy"] else _names(m["proxy"], f"{at}.proxy")
+        if len(proxy) > 1 and not all(p.endswith(".csv") for p in proxy):
+            raise PoolError(f"{at}.proxy: several proxies must all be predictions files (.csv)")
+        members[name] = PoolMember(name, m["family"], _names(m["refits"], f"{at}.refits"), proxy, m.get("recipe"))
     if not members:
         raise PoolError(f"{where}: members: the pool is empty")
+    if len({m.proxy[0].endswith(".csv") for m in members.values()}) > 1:
+        raise PoolError(f"{where}: members: some proxies are predictions files and some checkpoints; use one kind")
     ensembles = {}
     for name, e in _keys(d["ensembles"], set(d["ensembles"] or {}), set(), f"{where}: ensembles").items():
         at = f"{where}: ensembles.{name}"
@@ -159,37 +172,77 @@ def nested_mean(groups: dict[str, dict[str, list[np.ndarray]]]) -> np.ndarray:
     return np.mean([np.mean([np.mean(runs, axis=0) for runs in g.values()], axis=0) for g in groups.values()], axis=0)
 
 
+def proxy_predictions(files: list[str], root: str | os.PathLike,
+                      test_fold: int) -> tuple[np.ndarray, np.ndarray, list[str], list[str]]:
+    """``(probs, labels, class_names, clips)`` of one member's predictions files, their rows sorted by clip. Refuses a
+    clip in two files, and an ESC-50-named clip (``<fold>-...``) of the test fold."""
+    import pandas as pd
+
+    from training.results import read_predictions
+
+    frames = [read_predictions(Path(root) / f) for f in files]
+    df = pd.concat(frames)
+    if df.index.duplicated().any():
+        raise PoolError(f"{', '.join(files)}: clip {df.index[df.index.duplicated()][0]} appears in two files")
+    leaked = [c for c in df.index if str(c).split("-", 1)[0] == str(test_fold)]
+    if leaked:
+        raise PoolError(f"{', '.join(files)}: clip {leaked[0]} is from the test fold {test_fold}")
+    df = df.sort_index()
+    cols = [c for c in df.columns if c.startswith("p_")]
+    if any([c for c in f.columns if c.startswith("p_")] != cols for f in frames):
+        raise PoolError(f"{', '.join(files)}: the files' class columns differ")
+    class_names = [c.removeprefix("p_") for c in cols]
+    index = {c: i for i, c in enumerate(class_names)}
+    unknown = sorted(set(df["true"]) - set(index))
+    if unknown:
+        raise PoolError(f"{', '.join(files)}: true class {unknown[0]} has no p_ column")
+    return (df[cols].to_numpy(np.float64), df["true"].map(index).to_numpy(np.int64), class_names,
+            [str(c) for c in df.index])
+
+
 def evaluate(pool: EnsemblePool, ensemble: str, split: str, data_root: str | os.PathLike,
-             checkpoint_dir: str | os.PathLike, cache: dict | None = None) -> dict:
-    """Accuracy, macro-F1 and mean negative log-likelihood of ``ensemble`` on ``split``'s fold, and each
-    member's accuracy (the mean of its runs). ``cache`` keeps each checkpoint's probabilities across calls."""
+             checkpoint_dir: str | os.PathLike, cache: dict | None = None,
+             predictions_root: str | os.PathLike = ".") -> dict:
+    """Accuracy, macro-F1 and mean negative log-likelihood of ``ensemble`` on ``split`` (the validation fold,
+    or the clips of the proxies' predictions files; the test fold), and each member's accuracy (the mean of
+    its runs). ``cache`` keeps each checkpoint's probabilities across calls; predictions files are read
+    relative to ``predictions_root``."""
     from training.ensemble import fold_probabilities
     from training.metrics import multiclass_metrics
 
+    files = split == "validation" and pool.proxies_are_predictions
     fold = pool.validation_fold if split == "validation" else pool.test_fold
     cache = {} if cache is None else cache
-    labels, class_names, probs = None, None, {}
+    labels, class_names, clips, probs, first = None, None, None, {}, None
     for gname, group in pool.checkpoints(ensemble, split).items():
         probs[gname] = {}
         for mname, names in group.items():
-            runs = []
-            for n in names:
-                path = Path(checkpoint_dir) / f"{n}.safetensors"
-                key = (str(path), fold)
-                if key not in cache:
-                    cache[key] = fold_probabilities(path, data_root, [fold])
-                p, y, meta = cache[key]
-                if labels is not None and not np.array_equal(labels, y):
-                    raise ValueError(f"{n}: labels differ from the other members'")
-                labels, class_names = y, meta["class_names"]
-                runs.append(p)
-            probs[gname][mname] = runs
+            if files:
+                p, y, cn, member_clips = proxy_predictions(names, predictions_root, pool.test_fold)
+                if clips is not None and member_clips != clips:
+                    raise PoolError(f"{mname}: its predictions cover other clips than {first}'s")
+                clips = member_clips
+                found = [(p, y, cn, mname)]
+            else:
+                found = []
+                for n in names:
+                    path = Path(checkpoint_dir) / f"{n}.safetensors"
+                    key = (str(path), fold)
+                    if key not in cache:
+                        cache[key] = fold_probabilities(path, data_root, [fold])
+                    p, y, meta = cache[key]
+                    found.append((p, y, list(meta["class_names"]), n))
+            for p, y, cn, n in found:
+                if labels is not None and (not np.array_equal(labels, y) or cn != class_names):
+                    raise PoolError(f"{n}: its clips, labels or classes differ from {first}'s")
+                labels, class_names, first = y, cn, first or n
+            probs[gname][mname] = [f[0] for f in found]
     mean = nested_mean(probs)
     metrics = multiclass_metrics(mean, labels, class_names)
     nll = float(-np.mean(np.log(np.clip(mean[np.arange(len(labels)), labels], 1e-12, None))))
     member_acc = {m: float((np.mean(runs, axis=0).argmax(1) == labels).mean())
                   for g in probs.values() for m, runs in g.items()}
-    return {"ensemble": ensemble, "split": split, "fold": fold, "n": int(len(labels)), "weigh":
+    return {"ensemble": ensemble, "split": split, "fold": None if files else fold, "n": int(len(labels)), "weigh":
             pool.ensembles[ensemble].weigh, "members": list(pool.ensembles[ensemble].members),
             "acc": metrics["accuracy"], "macro_f1": metrics["macro_f1"], "nll": nll if math.isfinite(nll) else None,
             "member_acc": member_acc}

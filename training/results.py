@@ -86,6 +86,27 @@ def write_predictions(path: str | os.PathLike, names: Sequence[str], probs: np.n
     return path
 
 
+class PredictionsError(ValueError):
+    """A predictions file that cannot be read as one: one line naming it."""
+
+
+def read_predictions(path: str | os.PathLike) -> pd.DataFrame:
+    """A ``predictions.csv`` / ``val_predictions.csv`` (or the folder holding ``predictions.csv``), indexed
+    by clip, with columns ``true``, ``predicted`` and ``p_<class>``."""
+    path = Path(path)
+    f = path / "predictions.csv" if path.is_dir() else path
+    if not f.is_file():
+        raise PredictionsError(f"{path}: no predictions.csv (write one with inference.py --evaluate --out-dir DIR)")
+    df = pd.read_csv(f)
+    missing = {"clip", "true", "predicted"} - set(df.columns)
+    if missing or not any(c.startswith("p_") for c in df.columns):
+        raise PredictionsError(f"{f}: needs columns clip, true, predicted and p_<class> "
+                               f"(missing {sorted(missing) or 'p_*'})")
+    if df["clip"].duplicated().any():
+        raise PredictionsError(f"{f}: a clip appears twice: {df['clip'][df['clip'].duplicated()].iloc[0]}")
+    return df.set_index("clip")
+
+
 def display_path(p: str | os.PathLike) -> str:
     """Repository-relative when inside the repository (summary files stay machine-independent)."""
     try:
