@@ -723,7 +723,7 @@ def finalize(model, out: Path, train_ds, val_ds, test_ds, cfg, device, history, 
         if task.get("type") == "binary":
             task["threshold"] = best_threshold(probs[:, 1], labels == 1)   # chosen on validation only
         val = metrics_with_loss(probs, labels, val_ds.class_names, task)
-        val_rows = (probs, labels, predictions(probs, task))
+        val_rows = (probs, labels, val_ds.class_names, predictions(probs, task))
     test = evaluate(model, test_ds, cfg.eval_batch_size, device, cfg.amp, task, **views) if test_ds is not None else None
     epoch_times = [h["epoch_time"] for h in history]
     metrics = {
@@ -756,8 +756,7 @@ def finalize(model, out: Path, train_ds, val_ds, test_ds, cfg, device, history, 
         atomic_write(out / "metrics.json", lambda t: Path(t).write_text(json.dumps(metrics, indent=1)))
         if val_ds is not None:     # the validation fold's predictions: out-of-fold ones in cross-validation
             from training.results import write_predictions
-            v_probs, v_labels, v_preds = val_rows
-            write_predictions(out / "val_predictions.csv", val_ds.names, v_probs, v_labels, val_ds.class_names, v_preds)
+            write_predictions(out / "val_predictions.csv", val_ds.names, *val_rows)
         if history:
             plot_history(history, out / "curves.png", metrics["model"])
         val_txt = f"val acc {val['accuracy']:.4f}" if val_ds is not None else "no validation split"

@@ -40,6 +40,16 @@ def fold_probabilities(checkpoint: str | os.PathLike, data_root: str | os.PathLi
     return probs, labels, meta
 
 
+def cached_fold_probabilities(cache: dict, checkpoint: str | os.PathLike, data_root: str | os.PathLike,
+                              folds: Sequence[int] | None = None) -> tuple[np.ndarray, np.ndarray, dict]:
+    """:func:`fold_probabilities` through ``cache`` (a dict the caller keeps): each checkpoint is evaluated
+    once per folds, whatever ensembles share it."""
+    key = (str(checkpoint), tuple(folds) if folds else None)
+    if key not in cache:
+        cache[key] = fold_probabilities(checkpoint, data_root, folds)
+    return cache[key]
+
+
 def ensemble_accuracy(checkpoints: dict[str, str | os.PathLike | Sequence[str | os.PathLike]],
                       data_root: str | os.PathLike, folds: Sequence[int] | None = None,
                       cache: dict | None = None) -> dict:
@@ -60,10 +70,7 @@ def ensemble_accuracy(checkpoints: dict[str, str | os.PathLike | Sequence[str | 
     for m, cks in checkpoints.items():
         runs = []
         for ck in ([cks] if isinstance(cks, (str, os.PathLike)) else list(cks)):
-            key = (str(ck), tuple(folds) if folds else None)
-            if key not in cache:
-                cache[key] = fold_probabilities(ck, data_root, folds)
-            p, y, meta = cache[key]
+            p, y, meta = cached_fold_probabilities(cache, ck, data_root, folds)
             if labels is not None and not np.array_equal(labels, y):
                 raise ValueError(f"{m}: labels differ from the other members'")
             runs.append(p)

@@ -207,8 +207,8 @@ def evaluate(pool: EnsemblePool, ensemble: str, split: str, data_root: str | os.
     or the clips of the proxies' predictions files; the test fold), and each member's accuracy (the mean of
     its runs). ``cache`` keeps each checkpoint's probabilities across calls; predictions files are read
     relative to ``predictions_root``."""
-    from training.ensemble import fold_probabilities
-    from training.metrics import multiclass_metrics
+    from training.engine import metrics_with_loss
+    from training.ensemble import cached_fold_probabilities
 
     files = split == "validation" and pool.proxies_are_predictions
     fold = pool.validation_fold if split == "validation" else pool.test_fold
@@ -226,11 +226,8 @@ def evaluate(pool: EnsemblePool, ensemble: str, split: str, data_root: str | os.
             else:
                 found = []
                 for n in names:
-                    path = Path(checkpoint_dir) / f"{n}.safetensors"
-                    key = (str(path), fold)
-                    if key not in cache:
-                        cache[key] = fold_probabilities(path, data_root, [fold])
-                    p, y, meta = cache[key]
+                    p, y, meta = cached_fold_probabilities(cache, Path(checkpoint_dir) / f"{n}.safetensors",
+                                                           data_root, [fold])
                     found.append((p, y, list(meta["class_names"]), n))
             for p, y, cn, n in found:
                 if labels is not None and (not np.array_equal(labels, y) or cn != class_names):
@@ -238,8 +235,8 @@ def evaluate(pool: EnsemblePool, ensemble: str, split: str, data_root: str | os.
                 labels, class_names, first = y, cn, first or n
             probs[gname][mname] = [f[0] for f in found]
     mean = nested_mean(probs)
-    metrics = multiclass_metrics(mean, labels, class_names)
-    nll = float(-np.mean(np.log(np.clip(mean[np.arange(len(labels)), labels], 1e-12, None))))
+    metrics = metrics_with_loss(mean, labels, class_names)
+    nll = metrics["loss"]
     member_acc = {m: float((np.mean(runs, axis=0).argmax(1) == labels).mean())
                   for g in probs.values() for m, runs in g.items()}
     return {"ensemble": ensemble, "split": split, "fold": None if files else fold, "n": int(len(labels)), "weigh":
