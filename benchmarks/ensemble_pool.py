@@ -10,6 +10,8 @@ the refits. Writes both parts to ``--out``.
 
     python benchmarks/ensemble_pool.py --pool recipes/ensembles/esc50_pool.yaml [--threads 2]
     python benchmarks/ensemble_pool.py --pool recipes/ensembles/esc50_pool.yaml --test   # after the decision
+
+A run without ``--test`` refuses an ``--out`` that holds a test-fold part (it would drop it).
 """
 from __future__ import annotations
 
@@ -38,12 +40,17 @@ def main(argv=None) -> int:
 
     from training.data import default_esc50_dir
     from training.ensemble_pool import PoolError, evaluate, load_pool
-    from training.results import write_json
+    from training.results import read_json, write_json
 
     try:
         pool = load_pool(args.pool)
     except PoolError as exc:
         print(f"error: {exc}", file=sys.stderr)
+        return 2
+    out_file = Path(args.out)
+    if not args.test and "test" in read_json(out_file, {}):
+        print(f"error: {out_file} holds a test-fold part (from --test) that this run without --test would drop; "
+              f"write the validation part elsewhere with --out", file=sys.stderr)
         return 2
     ck_dir = Path(args.checkpoint_dir)
     splits = ("validation", "test") if args.test else ("validation",)

@@ -130,6 +130,9 @@ def test_the_script_scores_proxies_then_reads_the_test_fold_only_when_asked(esc5
 
     assert script.main([*args, "--test"]) == 0
     res = json.loads(out.read_text())
+    # a later run without --test does not drop the committed test-fold part
+    assert script.main(args) == 2
+    assert "holds a test-fold part" in capsys.readouterr().err and json.loads(out.read_text()) == res
     assert set(res["test"]) == {"all", "by_family"} and res["test"]["all"]["fold"] == 5
     q = {n: fold_probabilities(ck / n / "best.safetensors", esc50_flac, [5])[0] for n in ("ra", "rb1", "rb2", "rc")}
     y5 = fold_probabilities(ck / "ra" / "best.safetensors", esc50_flac, [5])[1]
@@ -154,7 +157,7 @@ def test_bad_input_exits_2_with_one_line(tmp_path, capsys):
     assert capsys.readouterr().err.count("\n") == 1
     good = tmp_path / "pool.yaml"
     good.write_text(yaml.safe_dump(POOL))
-    assert script.main(["--pool", str(good), "--checkpoint-dir", str(tmp_path)]) == 2
+    assert script.main(["--pool", str(good), "--checkpoint-dir", str(tmp_path), "--out", str(tmp_path / "o.json")]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: no such file") and "pa.safetensors" in err and err.count("\n") == 1
 
