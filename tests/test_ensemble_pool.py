@@ -77,8 +77,9 @@ def test_a_bad_pool_is_refused_with_the_key_named(edit, message):
         parse_pool(d)
 
 
-def test_the_committed_pool_parses_and_names_committed_checkpoints():
-    pool = load_pool(REPO / "recipes" / "ensembles" / "esc50_pool.yaml")
+@pytest.mark.parametrize("name", ["esc50_pool", "esc50_pool_w2048"])
+def test_the_committed_pools_parse_and_name_committed_checkpoints(name):
+    pool = load_pool(REPO / "recipes" / "ensembles" / f"{name}.yaml")
     assert isinstance(pool, EnsemblePool) and pool.validation_fold == 4 and pool.test_fold == 5
     names = {n for m in pool.members.values() for n in (*m.proxy, *m.refits)}
     assert not pool.proxies_are_predictions
