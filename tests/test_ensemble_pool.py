@@ -88,6 +88,32 @@ def test_the_committed_pools_parse_and_name_committed_checkpoints(name):
         assert m.recipe is None or (REPO / "recipes" / f"{m.recipe}.yaml").is_file()
 
 
+def test_a_pool_extends_another_with_members_added_and_its_own_decision(tmp_path):
+    (tmp_path / "base.yaml").write_text(yaml.safe_dump(POOL))
+    child = {"extends": "base.yaml", "baseline": "two", "candidates": ["all"],
+             "members": {"d": {"family": "y", "refits": ["rd"], "proxy": "pd"}},
+             "ensembles": {"two": {"members": ["a", "c"], "weigh": "member"}, "all": {"members": "all", "weigh": "member"}}}
+    (tmp_path / "child.yaml").write_text(yaml.safe_dump(child))
+    base, pool = load_pool(tmp_path / "base.yaml"), load_pool(tmp_path / "child.yaml")
+    assert list(pool.members) == [*base.members, "d"] and all(pool.members[k] == v for k, v in base.members.items())
+    assert set(pool.ensembles) == {"two", "all"} and pool.ensembles["all"].members == (*base.members, "d")
+    assert (pool.validation_fold, pool.test_fold, pool.margin) == (base.validation_fold, base.test_fold, base.margin)
+    (tmp_path / "loop.yaml").write_text(yaml.safe_dump({**child, "extends": "loop.yaml"}))
+    with pytest.raises(PoolError, match="makes a cycle"):
+        load_pool(tmp_path / "loop.yaml")
+    (tmp_path / "orphan.yaml").write_text(yaml.safe_dump({**child, "extends": "absent.yaml"}))
+    with pytest.raises(PoolError, match="absent.yaml"):
+        load_pool(tmp_path / "orphan.yaml")
+
+
+def test_the_rule_n_pool_is_rule_m_s_pool_plus_one_member():
+    m = load_pool(REPO / "recipes" / "ensembles" / "esc50_pool.yaml")
+    n = load_pool(REPO / "recipes" / "ensembles" / "esc50_pool_w2048.yaml")
+    assert list(n.members) == [*m.members, "vjepa2_w2048"] and all(n.members[k] == v for k, v in m.members.items())
+    assert n.ensembles["pool_by_family"].members == m.ensembles["pool_by_family"].members
+    assert n.ensembles["pool_by_family_w2048"].members == (*m.members, "vjepa2_w2048")
+
+
 def _train(esc50_flac, out: Path, seed: int, folds: str) -> Path:
     from training import cli
 

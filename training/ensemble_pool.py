@@ -157,14 +157,33 @@ def parse_pool(d: Any, where: str = "pool") -> EnsemblePool:
 
 
 def load_pool(path: str | os.PathLike) -> EnsemblePool:
-    """Read and check a pool file (YAML)."""
+    """Read and check a pool file (YAML). ``extends: OTHER.yaml`` (relative to the file) starts from that pool:
+    its ``members`` are kept and the file's added (a name in both: the file's), and every other key the file
+    gives replaces the base's (a pool that adds members states its own ``ensembles``, ``baseline`` and
+    ``candidates``)."""
+    return parse_pool(_read_pool(Path(path)), str(path))
+
+
+def _read_pool(path: Path, _seen: tuple = ()) -> Any:
     import yaml
 
     try:
-        d = yaml.safe_load(Path(path).read_text())
+        d = yaml.safe_load(path.read_text())
     except (OSError, yaml.YAMLError) as exc:
         raise PoolError(f"{path}: {str(exc).splitlines()[0]}") from None
-    return parse_pool(d, str(path))
+    if not isinstance(d, dict) or "extends" not in d:
+        return d
+    d = dict(d)
+    base = d.pop("extends")
+    if not isinstance(base, str) or not base:
+        raise PoolError(f"{path}: extends: expected a pool file name")
+    base_path = (path.parent / base).resolve()
+    if base_path in _seen + (path.resolve(),):
+        raise PoolError(f"{path}: extends {base}, which makes a cycle")
+    parent = _read_pool(base_path, _seen + (path.resolve(),))
+    if not isinstance(parent, dict) or not isinstance(parent.get("members"), dict):
+        raise PoolError(f"{path}: extends {base}, which has no members")
+    return {**parent, **d, "members": {**parent["members"], **(d.get("members") or {})}}
 
 
 def nested_mean(groups: dict[str, dict[str, list[np.ndarray]]]) -> np.ndarray:
