@@ -92,6 +92,32 @@ def test_logmel_matches_torchaudio_and_shape():
     assert torch.equal(feats, ours[1:156])                 # centre crop of 157 -> 155
 
 
+def test_linear_filterbank_matches_torchaudio_and_places_a_tone():
+    cfg = au.FeatureConfig(n_mels=64, filterbank="linear")
+    wave = torch.randn(80000) * 0.1
+    power = torchaudio.transforms.Spectrogram(n_fft=1024, hop_length=512, power=2.0)(wave)      # [513, frames]
+    fb = torchaudio.functional.linear_fbanks(513, 0.0, 8000.0, 64, 16000)
+    ref = torch.log(power.T @ fb + 1e-6)
+    ours = au.LogMel(cfg)(wave)
+    assert ours.shape == (157, 64)
+    assert torch.allclose(ours, ref, atol=1e-4)
+    # a 6-kHz tone peaks in the band centred nearest 6 kHz: 65 centres 8000/65 Hz apart on the linear scale,
+    # where the mel scale puts it near the top of the index (few mel bands lie above 4 kHz)
+    tone = torch.sin(2 * torch.pi * 6000 * torch.arange(16000) / 16000)
+    lin_peak = int(au.LogMel(cfg)(tone).mean(0).argmax())
+    mel_peak = int(au.LogMel(au.FeatureConfig(n_mels=64))(tone).mean(0).argmax())
+    assert lin_peak == round(6000 / (8000 / 65)) - 1
+    assert mel_peak > lin_peak + 5
+
+
+def test_unknown_filterbank_is_a_one_line_error():
+    with pytest.raises(ValueError, match="filterbank='bark'"):
+        au.FeatureConfig(filterbank="bark")
+    from training.options import OptionError, feature_config
+    with pytest.raises(OptionError, match="--feature: filterbank='bark'"):
+        feature_config({}, {"filterbank": "bark"})
+
+
 def test_short_and_long_clips_are_fixed_to_155_frames():
     cfg = au.ESC50_FEATURES
     assert au.extract_features(torch.randn(8000), cfg).shape == (155, 128)
