@@ -6,7 +6,8 @@ clip: ``clip,true,predicted,prob_predicted,p_<class>...``) and prints, for the m
 probabilities: its accuracy (the same figure as ``collect_results.py --measure-ensembles`` for the same
 members), the **oracle** bound (a clip counts as right when any member is right: no way of combining these
 members can beat it), how many clips every member gets wrong, the worst classes and the most frequent
-confusions.
+confusions, and for every pair of members the clips both get wrong and the pair's oracle bound (how much two
+members' errors overlap: two seeds of one recipe are the yardstick for "no new errors").
 
     python benchmarks/ensemble_errors.py results/fold5/liquid_s4_esc50 results/fold5/mamba_esc50 \\
         results/fold5/vjepa2_esc50 [--worst 10] [--out results/ensemble_errors.txt]
@@ -53,12 +54,15 @@ def analyse(members: dict[str, pd.DataFrame], worst: int = 10) -> dict:
     right = {n: df["predicted"] == true for n, df in members.items()}
     any_right = pd.concat(right, axis=1).any(axis=1)
     correct = pred == true
+    names = list(members)
+    pairs = [(a, b, int((~right[a] & ~right[b]).sum()), float((right[a] | right[b]).mean()))
+             for i, a in enumerate(names) for b in names[i + 1:]]
     per_class = correct.groupby(true).mean().sort_values(kind="stable")
     confusions = (pd.DataFrame({"true": true, "predicted": pred})[~correct]
                   .value_counts().rename("clips").reset_index())
     return {"n": int(len(true)), "member_acc": {n: float(r.mean()) for n, r in right.items()},
             "acc": float(correct.mean()), "oracle_acc": float(any_right.mean()),
-            "all_wrong": int((~any_right).sum()),
+            "all_wrong": int((~any_right).sum()), "pairs": pairs,
             "worst_classes": [(c, float(a)) for c, a in per_class.head(worst).items()],
             "confusions": [(t, p, int(k)) for t, p, k in confusions.head(worst).itertuples(index=False)]}
 
@@ -73,6 +77,8 @@ def report(res: dict, sources: list[str]) -> str:
     lines += [f"  {c:<20s} {a:.3f}" for c, a in res["worst_classes"]]
     lines += ["most frequent confusions (true -> predicted: clips):"]
     lines += [f"  {t} -> {p}: {k}" for t, p, k in res["confusions"]]
+    lines += ["pairs of members (clips both wrong; oracle bound of the pair):"]
+    lines += [f"  {a} + {b}: {k} both wrong; oracle {o:.4f}" for a, b, k, o in res["pairs"]]
     return "\n".join(lines) + "\n"
 
 

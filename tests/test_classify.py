@@ -302,13 +302,15 @@ def test_binary_metrics_all_use_the_stored_threshold(esc50_flac, tmp_path, capsy
 
 
 # ------------------------------------------------------------------ 6. metadata checks
-@pytest.mark.parametrize("case", ["n_fft", "duration", "channels", "huge_value", "no_norm", "n_mels_norm"])
+@pytest.mark.parametrize("case", ["n_fft", "duration", "filterbank", "channels", "huge_value", "no_norm", "n_mels_norm"])
 def test_checkpoint_metadata_is_checked_before_allocation(case, tmp_path, capsys):
-    cfg, kw = SMALL, {}
+    feat, kw = SMALL.to_dict(), {}
     if case == "n_fft":
-        cfg = au.FeatureConfig(**{**SMALL.to_dict(), "n_fft": 2 ** 40})
+        feat["n_fft"] = 2 ** 40
     elif case == "duration":
-        cfg = au.FeatureConfig(**{**SMALL.to_dict(), "duration": 1e12})
+        feat["duration"] = 1e12
+    elif case == "filterbank":
+        feat["filterbank"] = "bark"
     elif case == "channels":
         kw["model_config"] = {"channels": [4, 8, 8, 10 ** 6]}       # 72 M weights the file does not hold
     elif case == "huge_value":
@@ -316,12 +318,12 @@ def test_checkpoint_metadata_is_checked_before_allocation(case, tmp_path, capsys
     elif case == "no_norm":
         kw["norm"] = False
     path = tmp_path / f"bad_{case}.safetensors"
-    if case in ("n_fft", "duration"):      # save with a sane config, then rewrite the metadata
+    if case in ("n_fft", "duration", "filterbank"):      # save with a sane config, then rewrite the metadata
         make_ckpt(path, SMALL, CLASSES, model_config={})
         from safetensors.torch import load_file, save_file
         from training.checkpoint import read_meta
         meta = read_meta(path)
-        meta["feature_config"] = cfg.to_dict()
+        meta["feature_config"] = feat
         save_file(load_file(str(path)), str(path), metadata={"toolkit": json.dumps(meta)})
     elif case == "n_mels_norm":
         make_ckpt(path, SMALL, CLASSES, model_config={})

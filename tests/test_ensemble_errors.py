@@ -34,8 +34,22 @@ def test_ensemble_oracle_and_confusions(tmp_path, capsys):
     assert res["acc"] == 0.5 and res["oracle_acc"] == 0.75 and res["all_wrong"] == 1
     assert res["worst_classes"] == [("a", 0.5), ("b", 0.5)]
     assert res["confusions"] == [("a", "b", 1), ("b", "a", 1)]
+    assert res["pairs"] == [("m1", "m2", 1, 0.75)]
+    assert "m1 + m2: 1 both wrong; oracle 0.7500" in out.read_text().replace(str(m1), "m1").replace(str(m2 / "predictions.csv"), "m2")
     assert "oracle (any member right): 0.7500; every member wrong: 1 clips" in out.read_text()
     assert out.read_text() == capsys.readouterr().out
+
+
+def test_pairs_count_the_errors_two_members_share(tmp_path):
+    es = _script()
+    # m1 wrong on clips 3 and 4, m2 on 4 only, m3 on 1, 3 and 4: m1 and m3 share two errors, the others one
+    rows = {"m1": [0.9, 0.1, 0.1, 0.8], "m2": [0.9, 0.1, 0.9, 0.8], "m3": [0.1, 0.1, 0.1, 0.8]}
+    truth = ["a", "b", "a", "b"]
+    members = {n: es.read_predictions(_write(tmp_path / n, [(str(i + 1), t, pa, 1 - pa) for i, (t, pa)
+                                                              in enumerate(zip(truth, ps))])) for n, ps in rows.items()}
+    res = es.analyse(members)
+    assert res["pairs"] == [("m1", "m2", 1, 0.75), ("m1", "m3", 2, 0.5), ("m2", "m3", 1, 0.75)]
+    assert res["all_wrong"] == 1 and res["oracle_acc"] == 0.75
 
 
 def test_members_must_describe_the_same_clips(tmp_path, capsys):
