@@ -52,8 +52,7 @@ TRAINING = {
         model_config='{"stem_channels": [32, 64, 128], "stem_pools": [[2, 2], [2, 2], [1, 4]]}',
         feature='{"n_mels": 64}',
         train_overrides='{"epochs": 100}',
-        differs=RECIPE("liquid_s4_esc50_mel64_t4_e250_swa", refit="liquid_s4_esc50_mel64_t4_e250_swa_refit",
-                       weights="the average of the weights after epochs 150-250 (SWA)"),
+        differs=RECIPE("liquid_s4_esc50_mel64_t4", refit="liquid_s4_esc50_mel64_t4_refit"),
     ),
     "mamba": dict(
         title="Mamba on ESC-50",
