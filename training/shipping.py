@@ -46,7 +46,7 @@ def ship_checkpoint(run_dir: str | os.PathLike, model_name: str, checkpoint_dir:
 
 def ship_recipe_run(run_dir: str | os.PathLike, recipe: str | os.PathLike, checkpoint_dir: str | os.PathLike,
                     name: str, eval_crops: int | None = None, data_dir: str | None = None,
-                    recipe_val_acc: float | None = None) -> Path:
+                    recipe_val_acc: float | None = None, view_note: str | None = None) -> Path:
     """Ship the finished run ``run_dir`` of ``recipe`` as ``checkpoint_dir/<name>.*``.
 
     The checkpoint must be exactly the recipe's run: its model, training, feature and augmentation
@@ -61,10 +61,12 @@ def ship_recipe_run(run_dir: str | os.PathLike, recipe: str | os.PathLike, check
     A run without a validation split (a refit on every training fold) has no validation figure;
     ``recipe_val_acc`` (required then) is the validation accuracy of the recipe's run that fixed
     its epoch count, recorded as ``recipe_val_acc`` so that the shipped checkpoints can still be
-    ranked without reading the test fold (``classify.predictor.default_checkpoint``).
+    ranked without reading the test fold (``classify.predictor.default_checkpoint``). ``view_note`` says
+    why the evaluation view differs from the one the run was trained with (recorded in the provenance).
     """
     from dataclasses import asdict
 
+    from audio_utils import AugmentConfig, FeatureConfig
     from training import provenance, run_dir as rd
     from training.checkpoint import atomic_write, build_from_checkpoint, save_checkpoint
     from training.cli import data_spec_from_args, model_config_from_args, parse_args, train_config_from_args
@@ -82,18 +84,25 @@ def ship_recipe_run(run_dir: str | os.PathLike, recipe: str | os.PathLike, check
     config, resolved = checked_model_config(args.model, args.preset, model_config_from_args(args), data)
     model, meta = build_from_checkpoint(run_dir / "best.safetensors")
 
-    def differ(a: dict, b: dict, skip=()) -> list[str]:
+    def differ(a: dict, b: dict, skip=(), added=None) -> list[str]:
+        """Keys whose values differ. A key the run's record lacks (``b``) is a setting the toolkit gained
+        after the run: the run had its default behaviour, so it matches when ``a`` holds the default of
+        the dataclass ``added``."""
         a, b = rd._plain(a), rd._plain(b)
-        return [k for k in sorted(set(a) | set(b)) if k not in skip and a.get(k) != b.get(k)]
+        later = _defaults(added) if added else {}
+        return [k for k in sorted(set(a) | set(b)) if k not in skip and a.get(k) != b.get(k)
+                and not (k not in b and k in later and a.get(k) == later[k])]
 
     trained = meta.get("train_config") or {}
-    bad = [f"train.{k}" for k in differ(asdict(cfg), trained, rd.RUNTIME_FIELDS | {"eval_crops"})]
+    bad = [f"train.{k}" for k in differ(asdict(cfg), trained, rd.RUNTIME_FIELDS | {"eval_crops"}, type(cfg))]
     bad += [f"config.{k}" for k in differ(resolved, {**resolved, **meta.get("model_config", {})})]
     recorded = meta.get("dataset") or {}
     bad += [f"data.{k}" for k in ("train_folds", "val_folds", "test_folds", "expansion", "augment")
             if rd._plain(recorded.get(k)) != rd._plain(data.describe().get(k))]
-    bad += [f"augment.{k}" for k in differ(data.augment_config, recorded.get("augment_config") or {})]
-    bad += [f"feature.{k}" for k in differ(data.feature_config, meta.get("feature_config") or {})]
+    bad += [f"augment.{k}" for k in differ(data.augment_config, recorded.get("augment_config") or {},
+                                           added=AugmentConfig)]
+    bad += [f"feature.{k}" for k in differ(data.feature_config, meta.get("feature_config") or {},
+                                           added=FeatureConfig)]
     if args.model != meta.get("model_name"):
         bad.insert(0, "model")
     if bad:
@@ -106,6 +115,12 @@ def ship_recipe_run(run_dir: str | os.PathLike, recipe: str | os.PathLike, check
     meta.update(recipe=Path(recipe).name, run_fingerprint=rd.fingerprint(settings),
                 clips=provenance.dataset_clips(train_ds, val_ds, test_ds),
                 provenance=provenance.run_provenance(cfg.distill_from, resolved.get("init_from")))
+    if int(trained.get("eval_crops") or 1) != int(cfg.eval_crops):
+        if not view_note:
+            raise ValueError(f"{run_dir} was trained with eval_crops {trained.get('eval_crops') or 1}, the recipe "
+                             f"says {cfg.eval_crops}: give view_note, where the new view was chosen")
+        meta["provenance"]["eval_view"] = {"trained_with": int(trained.get("eval_crops") or 1),
+                                           "eval_crops": int(cfg.eval_crops), "note": view_note}
     meta["train_config"] = {**trained, "eval_crops": int(cfg.eval_crops)}
     metrics = json.loads((run_dir / "metrics.json").read_text())
     metrics.update(eval_crops=int(cfg.eval_crops), recipe=Path(recipe).name)
@@ -126,6 +141,41 @@ def ship_recipe_run(run_dir: str | os.PathLike, recipe: str | os.PathLike, check
                  lambda tmp: shutil.copyfile(run_dir / "history.json", tmp))
     atomic_write(checkpoint_dir / f"{name}.metrics.json", lambda tmp: Path(tmp).write_text(json.dumps(metrics, indent=1)))
     return dest
+
+
+def _defaults(cls) -> dict:
+    """The default value of each field of dataclass ``cls`` (plain JSON data)."""
+    from dataclasses import MISSING, fields
+
+    from training import run_dir as rd
+
+    out = {}
+    for f in fields(cls):
+        if f.default is not MISSING:
+            out[f.name] = rd._plain(f.default)
+        elif f.default_factory is not MISSING:
+            out[f.name] = rd._plain(f.default_factory())
+    return out
+
+
+def reship_with_view(checkpoint_dir: str | os.PathLike, name: str, recipe: str | os.PathLike, eval_crops: int,
+                     view_note: str, recipe_val_acc: float | None = None, data_dir: str | None = None) -> Path:
+    """Ship ``checkpoint_dir/<name>.*`` again under ``recipe``, whose evaluation view (``eval_crops``) was
+    chosen on the validation fold after the run: the weights and history stay, the checkpoint is verified
+    against the recipe as :func:`ship_recipe_run` does, its test figures (those of the old view) are dropped
+    and ``view_note`` is recorded. ``recipe_val_acc``: the recipe run's validation figure in the new view."""
+    import tempfile
+
+    checkpoint_dir = Path(checkpoint_dir)
+    with tempfile.TemporaryDirectory(dir=checkpoint_dir) as tmp:
+        run = Path(tmp)
+        shutil.copyfile(checkpoint_dir / f"{name}.safetensors", run / "best.safetensors")
+        shutil.copyfile(checkpoint_dir / f"{name}.history.json", run / "history.json")
+        metrics = json.loads((checkpoint_dir / f"{name}.metrics.json").read_text())
+        metrics = {k: v for k, v in metrics.items() if not k.startswith("test_")}
+        (run / "metrics.json").write_text(json.dumps(metrics, indent=1))
+        return ship_recipe_run(run, recipe, checkpoint_dir, name, eval_crops=eval_crops, data_dir=data_dir,
+                               recipe_val_acc=recipe_val_acc, view_note=view_note)
 
 
 def record_test_evaluation(checkpoint_dir: str | os.PathLike, name: str, evaluation_dir: str | os.PathLike,
