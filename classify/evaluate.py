@@ -245,7 +245,8 @@ def run_evaluation(pred, args) -> tuple[dict, Path]:
     res = {"checkpoint": str(pred.path), "model": pred.meta.get("model_name"), "data": data.info,
            "accuracy": metrics["accuracy"], "macro_f1": metrics["macro_f1"], "n": metrics["n"],
            "per_class_accuracy": metrics["per_class_accuracy"], "confusion_matrix": metrics["confusion_matrix"],
-           "class_names": names, "precision": "bf16" if pred.amp_dtype is not None else "fp32"}
+           "class_names": names, "precision": "bf16" if pred.amp_dtype is not None else "fp32",
+           "eval_crops": int(pred.eval_crops)}
     for key in ("accuracy_all_classes", "scored_on_classes"):
         if key in metrics:
             res[key] = metrics[key]

@@ -258,6 +258,7 @@ def test_evaluate_reproduces_training_test_accuracy(trained, esc50_flac, tmp_pat
     assert res["accuracy"] == metrics["test_acc"] and res["n"] == metrics["n_test"] == 6
     assert res["macro_f1"] == metrics["test_macro_f1"] and res["matches_training"] is True
     assert res["confusion_matrix"] == metrics["test_confusion_matrix"]
+    assert res["eval_crops"] == 1                  # the view the figure was taken in is recorded
     for name in ("metrics.json", "confusion_matrix.csv", "confusion_matrix.png", "per_class_accuracy.csv",
                  "predictions.csv"):
         assert (tmp_path / "ev" / name).stat().st_size > 0
