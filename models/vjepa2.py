@@ -74,7 +74,9 @@ __all__ = [
 
 # constructor arguments that define the encoder (must match between JEPA checkpoint and classifier)
 ENCODER_KEYS = ("n_frames", "n_mels", "patch_t", "patch_f", "embed_dim", "depth", "num_heads",
-                "mlp_ratio", "pos", "stem", "stem_channels")
+                "mlp_ratio", "pos", "stem", "stem_channels", "stem_pools")
+# the conv stem's pooling (time, frequency) per block: 8x in both axes (encoder files without the key have it)
+VIT_STEM_POOLS = ((2, 2), (2, 2), (2, 2))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -220,21 +222,26 @@ def _rescale_blocks(blocks):
 
 class ConvPatchEmbed(nn.Module):
     """Convolutional tubelet embedding ("early convolutions", Xiao et al. 2021): the tubelets are put
-    back into the cropped spectrogram image, three conv3x3-BN-ReLU-maxpool(2) blocks
-    (``models/stems.py``) reduce it 8x in both axes, and a ``Conv2d`` with kernel = stride =
-    ``(patch_t / 8, patch_f / 8)`` gives one ``D``-vector per tubelet. The token grid, order and
-    positions are exactly those of the linear embedding, so masking and the probe are unchanged.
+    back into the cropped spectrogram image, three conv3x3-BN-ReLU-maxpool blocks (``models/stems.py``)
+    reduce it by ``pools`` (time, frequency) per block, 8x in both axes by default, and a ``Conv2d`` with
+    kernel = stride = the tubelet over that reduction gives one ``D``-vector per tubelet. The token grid,
+    order and positions are exactly those of the linear embedding, so masking and the probe are unchanged.
+    ``pools=((2, 2), (2, 2), (1, 4))`` reduces time 4x only, as the recurrent models' stem does, so that
+    4-frame tubelets are possible.
     """
 
-    def __init__(self, grid: TokenGrid, embed_dim: int, channels=CONV_STEM_CHANNELS):
+    def __init__(self, grid: TokenGrid, embed_dim: int, channels=CONV_STEM_CHANNELS, pools=VIT_STEM_POOLS):
         super().__init__()
-        if len(channels) != 3 or grid.patch_t % 8 or grid.patch_f % 8:
-            raise ValueError(f"conv stem needs 3 channel widths and tubelets divisible by 8, got "
-                             f"channels {tuple(channels)} and {grid.patch_t}x{grid.patch_f} tubelets")
+        pools = [(int(p[0]), int(p[1])) if isinstance(p, (list, tuple)) else (int(p), int(p)) for p in pools]
+        rt, rf = math.prod(p[0] for p in pools), math.prod(p[1] for p in pools)
+        if len(channels) != 3 or len(pools) != 3 or grid.patch_t % rt or grid.patch_f % rf:
+            raise ValueError(f"conv stem needs 3 channel widths, 3 pools and tubelets divisible by its reduction "
+                             f"({rt}x{rf}), got channels {tuple(channels)}, {len(pools)} pools and "
+                             f"{grid.patch_t}x{grid.patch_f} tubelets")
         self.grid = grid
-        self.convs = conv_blocks(channels, [2, 2, 2])
-        self.proj = nn.Conv2d(int(channels[-1]), embed_dim, kernel_size=(grid.patch_t // 8, grid.patch_f // 8),
-                              stride=(grid.patch_t // 8, grid.patch_f // 8))
+        self.convs = conv_blocks(channels, pools)
+        kernel = (grid.patch_t // rt, grid.patch_f // rf)
+        self.proj = nn.Conv2d(int(channels[-1]), embed_dim, kernel_size=kernel, stride=kernel)
 
     def forward(self, tubelets: torch.Tensor) -> torch.Tensor:
         g = self.grid     # the time extent follows the input (a shorter crop has fewer time rows)
@@ -249,7 +256,7 @@ class SpecViTEncoder(nn.Module):
 
     def __init__(self, n_frames=155, n_mels=128, patch_t=8, patch_f=16, embed_dim=192, depth=6,
                  num_heads=3, mlp_ratio=4.0, drop_path=0.0, pos="sincos", jitter=True, stem="linear",
-                 stem_channels=CONV_STEM_CHANNELS):
+                 stem_channels=CONV_STEM_CHANNELS, stem_pools=VIT_STEM_POOLS):
         super().__init__()
         if pos not in ("sincos", "rope"):
             raise ValueError(f"pos must be 'sincos' or 'rope', got {pos!r}")
@@ -257,10 +264,12 @@ class SpecViTEncoder(nn.Module):
         self.n_frames, self.n_mels = n_frames, n_mels
         self.embed_dim, self.pos, self.jitter = embed_dim, pos, jitter
         self.stem, self.stem_channels = stem, tuple(int(c) for c in stem_channels)
+        self.stem_pools = tuple(tuple(int(v) for v in p) if isinstance(p, (list, tuple)) else (int(p), int(p))
+                                for p in stem_pools)
         if stem == "linear":
             self.patch_embed = nn.Linear(self.grid.patch_t * self.grid.patch_f, embed_dim)
         elif stem == "conv":
-            self.patch_embed = ConvPatchEmbed(self.grid, embed_dim, self.stem_channels)
+            self.patch_embed = ConvPatchEmbed(self.grid, embed_dim, self.stem_channels, self.stem_pools)
         else:
             raise ValueError(f"unknown stem '{stem}'; stems: linear, conv")
         if pos == "sincos":
@@ -409,7 +418,8 @@ def encoder_config(enc: SpecViTEncoder, **extra) -> dict:
                embed_dim=enc.embed_dim, depth=len(enc.blocks),
                num_heads=enc.blocks[0].attn.num_heads if len(enc.blocks) else None,
                mlp_ratio=(enc.blocks[0].mlp.fc1.out_features / enc.embed_dim) if len(enc.blocks) else None,
-               pos=enc.pos, stem=enc.stem, stem_channels=list(enc.stem_channels))
+               pos=enc.pos, stem=enc.stem, stem_channels=list(enc.stem_channels),
+               stem_pools=[list(p) for p in enc.stem_pools])
     cfg.update(extra)
     return cfg
 
@@ -494,10 +504,10 @@ class VJEPA2Classifier(nn.Module):
     def __init__(self, num_classes=50, n_mels=128, n_frames=155, patch_t=8, patch_f=16, embed_dim=192,
                  depth=4, num_heads=3, mlp_ratio=4.0, drop_path=0.1, pos="sincos", jitter=True,
                  probe_depth=1, probe_heads=None, init_from=None, freeze_encoder=False, stem="linear",
-                 stem_channels=CONV_STEM_CHANNELS):
+                 stem_channels=CONV_STEM_CHANNELS, stem_pools=VIT_STEM_POOLS):
         super().__init__()
         self.encoder = SpecViTEncoder(n_frames, n_mels, patch_t, patch_f, embed_dim, depth, num_heads,
-                                      mlp_ratio, drop_path, pos, jitter, stem, stem_channels)
+                                      mlp_ratio, drop_path, pos, jitter, stem, stem_channels, stem_pools)
         self.head = AttentiveClassifier(embed_dim, num_classes, probe_heads or num_heads, probe_depth, mlp_ratio)
         self.freeze_encoder = freeze_encoder
         self.pretrained_from = None
@@ -523,6 +533,7 @@ class VJEPA2Classifier(nn.Module):
         sd, cfg = load_encoder_state(path)
         if cfg is not None:
             mine = encoder_config(self.encoder)
+            cfg = {"stem_pools": [list(p) for p in VIT_STEM_POOLS], **cfg}   # files older than the key
             bad = {k: (cfg.get(k), mine[k]) for k in ENCODER_KEYS if k in cfg and cfg[k] != mine[k]}
             if bad:
                 raise ValueError(f"encoder checkpoint {path} does not match this model "

@@ -1,4 +1,5 @@
 """Tests for the V-JEPA2-style spectrogram ViT (models/vjepa2.py) and JEPA pretraining (training/jepa.py)."""
+import json
 import math
 
 import pytest
@@ -345,3 +346,39 @@ def test_target_encoder_keeps_its_own_batchnorm_statistics():
     assert all(torch.equal(a, m.running_mean) for a, m in zip(before, bn))
     j.eval()
     assert not any(m.training for m in bn)
+
+
+# ---------------------------------------------------------------- conv stem pooling
+def test_conv_stem_pools_set_the_tubelet_length_in_time():
+    """The default stem reduces 8x in both axes (8-frame tubelets at least); pooling time 4x only, as the
+    recurrent models' stem does, allows 4-frame tubelets: twice the time tokens, the same token width."""
+    x = torch.randn(2, 155, 64)
+    default = models.build_model("vjepa2", preset="tiny", n_mels=64, stem="conv", patch_f=64)
+    fine = models.build_model("vjepa2", preset="tiny", n_mels=64, stem="conv", patch_f=64, patch_t=4,
+                              stem_pools=[[2, 2], [2, 2], [1, 4]])
+    assert default.encoder(x).shape == (2, 19, 32) and fine.encoder(x).shape == (2, 38, 32)
+    assert fine.encoder(x[:, :94]).shape == (2, 23, 32)          # a 3-s crop
+    assert fine.model_config["stem_pools"] == [[2, 2], [2, 2], [1, 4]] and "stem_pools" not in default.model_config
+    # the maxpools of each block are the pools given
+    pools = [m.kernel_size for m in fine.encoder.patch_embed.convs.modules() if isinstance(m, torch.nn.MaxPool2d)]
+    assert [tuple(p) if isinstance(p, tuple) else (p, p) for p in pools] == [(2, 2), (2, 2), (1, 4)]
+    with pytest.raises(ValueError, match="divisible by its reduction"):
+        models.build_model("vjepa2", preset="tiny", n_mels=64, stem="conv", patch_f=64, patch_t=4)
+    # rebuilt from its recorded config, the model is the same
+    models.build_model("vjepa2", n_mels=64, **fine.model_config).load_state_dict(fine.state_dict())
+
+
+def test_encoder_files_record_the_stem_pools_and_older_ones_mean_the_default(tmp_path):
+    enc = tiny_encoder(n_mels=64, stem="conv", patch_f=64)
+    path = str(tmp_path / "e.safetensors")
+    save_encoder(enc, path)
+    assert load_encoder_state(path)[1]["stem_pools"] == [[2, 2], [2, 2], [2, 2]]
+    with pytest.raises(ValueError, match="stem_pools"):            # another stem is refused by name
+        models.build_model("vjepa2", preset="tiny", n_mels=64, stem="conv", patch_f=64,
+                           stem_pools=[[2, 2], [2, 2], [2, 4]], init_from=path)
+    from safetensors.torch import load_file, save_file
+    sd, cfg = load_encoder_state(path)
+    del cfg["stem_pools"]                                           # a file written before the key existed
+    save_file(load_file(path), path, metadata={"config": json.dumps(cfg)})
+    m = models.build_model("vjepa2", preset="tiny", n_mels=64, stem="conv", patch_f=64, init_from=path)
+    assert m.pretrained_from == path
