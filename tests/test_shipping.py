@@ -63,12 +63,18 @@ def test_a_chosen_evaluation_view_is_recorded_with_its_validation_figures(recipe
     assert meta["metrics"]["val_acc"] == metrics["val_acc"]
 
 
-def test_a_refit_without_validation_ships_with_its_recipes_validation_figure(esc50_flac, tmp_path):
+def _refit_run(tmp_path, data_dir, extra: str = ""):
+    """r.yaml (RECIPE) and its refit on folds 1-4, trained into tmp_path/run."""
     (tmp_path / "r.yaml").write_text(RECIPE)
-    (tmp_path / "refit.yaml").write_text("extends: r.yaml\ntrain_folds: [1, 2, 3, 4]\nval_folds: []\nseed: 1\n")
+    (tmp_path / "refit.yaml").write_text("extends: r.yaml\ntrain_folds: [1, 2, 3, 4]\nval_folds: []\n" + extra)
     out = tmp_path / "run"
-    assert cli.main(["--recipe", str(tmp_path / "refit.yaml"), "--data-dir", str(esc50_flac), "--out", str(out),
+    assert cli.main(["--recipe", str(tmp_path / "refit.yaml"), "--data-dir", str(data_dir), "--out", str(out),
                      "--threads", "1", "--no-progress"]) == 0
+    return out
+
+
+def test_a_refit_without_validation_ships_with_its_recipes_validation_figure(esc50_flac, tmp_path):
+    out = _refit_run(tmp_path, esc50_flac, "seed: 1\n")
     with pytest.raises(ValueError, match="recipe_val_acc"):
         ship_recipe_run(out, tmp_path / "refit.yaml", tmp_path / "ck", "cnn_refit", data_dir=str(esc50_flac))
     dest = ship_recipe_run(out, tmp_path / "refit.yaml", tmp_path / "ck", "cnn_refit", data_dir=str(esc50_flac),
@@ -85,11 +91,7 @@ def test_a_refit_without_validation_ships_with_its_recipes_validation_figure(esc
 def test_a_shipped_refit_reships_with_a_new_view_and_loses_its_old_test_figures(esc50_flac, tmp_path):
     from safetensors.torch import load_file
 
-    (tmp_path / "r.yaml").write_text(RECIPE)
-    (tmp_path / "refit.yaml").write_text("extends: r.yaml\ntrain_folds: [1, 2, 3, 4]\nval_folds: []\n")
-    out = tmp_path / "run"
-    assert cli.main(["--recipe", str(tmp_path / "refit.yaml"), "--data-dir", str(esc50_flac), "--out", str(out),
-                     "--threads", "1", "--no-progress"]) == 0
+    out = _refit_run(tmp_path, esc50_flac)
     ck = tmp_path / "ck"
     dest = ship_recipe_run(out, tmp_path / "refit.yaml", ck, "m", data_dir=str(esc50_flac), recipe_val_acc=0.5)
     metrics = json.loads((ck / "m.metrics.json").read_text())
