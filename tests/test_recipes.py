@@ -55,7 +55,10 @@ def test_refit_recipe_is_its_recipe_on_four_folds(path):
     raw = yaml.safe_load(path.read_text())     # the file itself, before `extends`
     base = path.parent / raw["extends"]
     seed = load_recipe(path).get("seed", 0)
+    view = raw.get("train") or {}            # an evaluation view chosen on the validation fold after the run
+    assert set(view) <= {"eval_crops"}, f"{path.name} changes training settings"
     refit, data = _fingerprint(["--recipe", str(path)])
-    flags, _ = _fingerprint(["--recipe", str(base), "--train-folds", "1,2,3,4", "--val-folds=", "--seed", str(seed)])
+    flags, _ = _fingerprint(["--recipe", str(base), "--train-folds", "1,2,3,4", "--val-folds=", "--seed", str(seed)]
+                            + (["--eval-crops", str(view["eval_crops"])] if view else []))
     assert refit == flags and data.train_folds == (1, 2, 3, 4) and data.val_folds == ()
-    assert set(raw) <= {"extends", "train_folds", "val_folds", "seed"}, f"{path.name} changes more than the folds"
+    assert set(raw) <= {"extends", "train_folds", "val_folds", "seed", "train"}, f"{path.name} changes more than the folds"
