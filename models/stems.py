@@ -38,7 +38,8 @@ def conv_blocks(channels: Sequence[int], pools: Sequence) -> nn.Sequential:
     return nn.Sequential(*blocks)
 
 
-def _pair(p) -> tuple[int, int]:
+def pool_pair(p) -> tuple[int, int]:
+    """A pool as ``(time, frequency)``: an int pools both axes alike."""
     return (int(p[0]), int(p[1])) if isinstance(p, (list, tuple)) else (int(p), int(p))
 
 
@@ -55,7 +56,7 @@ class ConvTokenizer(nn.Module):
         super().__init__()
         # a frequency pool larger than the bands left is clipped (small n_mels end with one band)
         self.pools, self.time_stride, bands = [], 1, n_mels
-        for pt, pf in (_pair(p) for p in pools):
+        for pt, pf in (pool_pair(p) for p in pools):
             pf = max(1, min(pf, bands))
             self.pools.append((pt, pf))
             self.time_stride *= pt

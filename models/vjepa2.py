@@ -64,7 +64,7 @@ from timm.layers import DropPath, Mlp, trunc_normal_
 from timm.models.vision_transformer import Block
 
 from models import register
-from models.stems import CONV_STEM_CHANNELS, conv_blocks
+from models.stems import CONV_STEM_CHANNELS, conv_blocks, pool_pair
 
 __all__ = [
     "TokenGrid", "tokens_grid", "tubeletise", "sincos_pos_embed_2d", "SpecViTEncoder",
@@ -232,7 +232,7 @@ class ConvPatchEmbed(nn.Module):
 
     def __init__(self, grid: TokenGrid, embed_dim: int, channels=CONV_STEM_CHANNELS, pools=VIT_STEM_POOLS):
         super().__init__()
-        pools = [(int(p[0]), int(p[1])) if isinstance(p, (list, tuple)) else (int(p), int(p)) for p in pools]
+        pools = [pool_pair(p) for p in pools]
         rt, rf = math.prod(p[0] for p in pools), math.prod(p[1] for p in pools)
         if len(channels) != 3 or len(pools) != 3 or grid.patch_t % rt or grid.patch_f % rf:
             raise ValueError(f"conv stem needs 3 channel widths, 3 pools and tubelets divisible by its reduction "
@@ -264,8 +264,7 @@ class SpecViTEncoder(nn.Module):
         self.n_frames, self.n_mels = n_frames, n_mels
         self.embed_dim, self.pos, self.jitter = embed_dim, pos, jitter
         self.stem, self.stem_channels = stem, tuple(int(c) for c in stem_channels)
-        self.stem_pools = tuple(tuple(int(v) for v in p) if isinstance(p, (list, tuple)) else (int(p), int(p))
-                                for p in stem_pools)
+        self.stem_pools = tuple(pool_pair(p) for p in stem_pools)
         if stem == "linear":
             self.patch_embed = nn.Linear(self.grid.patch_t * self.grid.patch_f, embed_dim)
         elif stem == "conv":
