@@ -84,7 +84,9 @@ class FeatureConfig:
     onset_align: bool = False      # crop starting just before the first onset (percussive clips)
     onset_pre_ms: float = 5.0
     filterbank: str = "mel"        # "mel" (HTK mel scale) or "linear" (bands evenly spaced in Hz);
-                                   # ``n_mels`` is the number of bands either way
+                                   # ``n_mels`` is the number of bands either way; "waveform": no
+                                   # transform, the samples cut into frames of ``hop_length`` (see
+                                   # :class:`WaveFrames`; n_fft = hop_length = n_mels)
 
     @property
     def num_samples(self) -> int:
@@ -142,11 +144,19 @@ class FeatureConfig:
             raise ValueError(f"f_min={cfg.f_min} must be below the Nyquist frequency {nyquist:g} Hz")
         return cfg
 
-    FILTERBANKS = ("mel", "linear")
+    FILTERBANKS = ("mel", "linear", "waveform")
+
+    @property
+    def is_waveform(self) -> bool:
+        """Whether the "features" are the waveform itself, framed (:class:`WaveFrames`)."""
+        return self.filterbank == "waveform"
 
     def __post_init__(self):
         if self.filterbank not in self.FILTERBANKS:
             raise ValueError(f"filterbank='{self.filterbank}': use one of {', '.join(self.FILTERBANKS)}")
+        if self.is_waveform and not self.n_fft == self.hop_length == self.n_mels:
+            raise ValueError(f"filterbank='waveform' frames the samples by hop_length: n_fft, hop_length and n_mels "
+                             f"must be equal (got {self.n_fft}, {self.hop_length}, {self.n_mels})")
 
 
 ESC50_FEATURES = FeatureConfig()
@@ -375,6 +385,36 @@ class LogMel(torch.nn.Module):
         return torch.log(mel + self.cfg.log_offset).reshape(*shape, *mel.shape[-2:])
 
 
+class WaveFrames(torch.nn.Module):
+    """Waveform ``[..., samples]`` -> ``[..., samples // hop + 1, hop]``: the samples themselves, zero-padded
+    at the end and cut into frames of ``hop_length`` (``FeatureConfig.filterbank == "waveform"``).
+
+    The frame count is a centred STFT's, so that every frame-based step of this module (the cache,
+    crops, multi-crop offsets, time shifts and masks) applies unchanged, at a resolution of
+    ``hop_length`` samples; a frame flattened back in order is the waveform (end-to-end waveform
+    models read ``x.flatten(-2)``). The augmentations that have a waveform meaning get their waveform
+    form (gain, noise, between-class mixing by adding waveforms, a time stretch by resampling, time
+    masks); the spectral ones (EQ, band shifts, frequency masks, loop tails) are refused.
+    """
+
+    def __init__(self, cfg: FeatureConfig):
+        super().__init__()
+        if not cfg.is_waveform:
+            raise ValueError(f"WaveFrames needs filterbank='waveform', not {cfg.filterbank!r}")
+        self.cfg = cfg
+
+    def forward(self, wave: torch.Tensor) -> torch.Tensor:
+        hop = self.cfg.hop_length
+        n = wave.shape[-1] // hop + 1
+        wave = torch.nn.functional.pad(wave, (0, n * hop - wave.shape[-1]))
+        return wave.reshape(*wave.shape[:-1], n, hop)
+
+
+def make_extractor(cfg: FeatureConfig) -> torch.nn.Module:
+    """A new feature extractor for ``cfg``: :class:`LogMel`, or :class:`WaveFrames` for waveform configs."""
+    return WaveFrames(cfg) if cfg.is_waveform else LogMel(cfg)
+
+
 def filterbank_matrix(cfg: FeatureConfig) -> torch.Tensor:
     """``[n_fft // 2 + 1, n_mels]`` triangular filters of ``cfg.filterbank`` (torchaudio's)."""
     n_freqs, f_max = cfg.n_fft // 2 + 1, cfg.f_max or cfg.sample_rate / 2
@@ -396,19 +436,21 @@ def crop_frames(x: torch.Tensor, n_frames: int, offset: int | None = None) -> to
     return torch.nn.functional.pad(x, (0, 0, left, pad - left), value=fill)
 
 
-_logmel_cache: dict[FeatureConfig, LogMel] = {}
+_extractor_cache: dict[FeatureConfig, torch.nn.Module] = {}
 
 
-def logmel_extractor(cfg: FeatureConfig) -> LogMel:
-    if cfg not in _logmel_cache:
-        _logmel_cache[cfg] = LogMel(cfg)
-    return _logmel_cache[cfg]
+def feature_extractor(cfg: FeatureConfig) -> torch.nn.Module:
+    """The shared (CPU) extractor of ``cfg`` (:func:`make_extractor`, built once per config)."""
+    if cfg not in _extractor_cache:
+        _extractor_cache[cfg] = make_extractor(cfg)
+    return _extractor_cache[cfg]
 
 
 def extract_features(wave: torch.Tensor, cfg: FeatureConfig = ESC50_FEATURES, crop: bool = True) -> torch.Tensor:
-    """Mono waveform(s) ``[..., samples]`` -> log-mel ``[..., n_frames, n_mels]`` (not normalised)."""
+    """Mono waveform(s) ``[..., samples]`` -> log-mel ``[..., n_frames, n_mels]`` (not normalised; the
+    framed waveform for waveform configs)."""
     wave = prepare_waveform(wave, cfg) if wave.dim() == 1 else wave
-    feats = logmel_extractor(cfg)(wave)
+    feats = feature_extractor(cfg)(wave)
     return crop_frames(feats, cfg.n_frames) if crop else feats
 
 
@@ -518,6 +560,28 @@ def spectral_augment(x: torch.Tensor, cfg: AugmentConfig, g: torch.Generator | N
     return out
 
 
+def _bc_partners(b: int, g: torch.Generator | None, eps: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """A random partner of the batch and a ratio ``r ~ U(eps, 1 - eps)`` for each of ``b`` views."""
+    return torch.randperm(b, generator=g), _uniform(b, eps, 1 - eps, g)
+
+
+def _bc_weight(loud_db: torch.Tensor, perm: torch.Tensor, r: torch.Tensor, eps: float) -> torch.Tensor:
+    """The first clip's amplitude weight ``p`` that makes the perceived ratio ``r`` (loudness in dB)."""
+    p = 1.0 / (1.0 + torch.pow(10.0, (loud_db - loud_db[perm]) / 20.0) * (1 - r) / r)
+    return p.clamp(eps, 1 - eps).view(-1, 1, 1)
+
+
+def _bc_targets(y: torch.Tensor, num_classes: int, perm: torch.Tensor, r: torch.Tensor, return_mixing: bool):
+    """Soft targets ``r y1 + (1 - r) y2`` and, with ``return_mixing``, the mixing matrix."""
+    b = y.shape[0]
+    onehot = torch.nn.functional.one_hot(y, num_classes).float()
+    target = r.view(b, 1) * onehot + (1 - r.view(b, 1)) * onehot[perm]
+    if not return_mixing:
+        return (target,)
+    eye = torch.eye(b)
+    return target, r.view(b, 1) * eye + (1 - r.view(b, 1)) * eye[perm]
+
+
 def between_class_mix(x: torch.Tensor, y: torch.Tensor, num_classes: int, g: torch.Generator | None = None,
                       eps: float = 1e-3, return_mixing: bool = False):
     """Between-class (BC) mixing of un-normalised log-power mels ``[B, T, F]`` (Tokozume et al. 2018).
@@ -532,18 +596,23 @@ def between_class_mix(x: torch.Tensor, y: torch.Tensor, num_classes: int, g: tor
     any per-clip targets ``Q`` ``[B, C]`` mix as ``M @ Q`` (the targets are ``M @ one_hot(y)``).
     """
     b, t, f = x.shape
-    perm = torch.randperm(b, generator=g)
-    r = _uniform(b, eps, 1 - eps, g)
+    perm, r = _bc_partners(b, g, eps)
     loud = (torch.logsumexp(x, dim=2) - math.log(f)).amax(dim=1) * (10.0 / math.log(10.0))   # dB
-    p = 1.0 / (1.0 + torch.pow(10.0, (loud - loud[perm]) / 20.0) * (1 - r) / r)
-    p = p.clamp(eps, 1 - eps).view(b, 1, 1)
+    p = _bc_weight(loud, perm, r, eps)
     mixed = torch.logaddexp(x + 2 * torch.log(p), x[perm] + 2 * torch.log1p(-p)) - torch.log(p ** 2 + (1 - p) ** 2)
-    onehot = torch.nn.functional.one_hot(y, num_classes).float()
-    target = r.view(b, 1) * onehot + (1 - r.view(b, 1)) * onehot[perm]
-    if not return_mixing:
-        return mixed, target
-    eye = torch.eye(b)
-    return mixed, target, r.view(b, 1) * eye + (1 - r.view(b, 1)) * eye[perm]
+    return (mixed, *_bc_targets(y, num_classes, perm, r, return_mixing))
+
+
+def between_class_mix_wave(x: torch.Tensor, y: torch.Tensor, num_classes: int, g: torch.Generator | None = None,
+                           eps: float = 1e-3, return_mixing: bool = False):
+    """:func:`between_class_mix` on framed waveforms ``[B, T, hop]`` (:class:`WaveFrames`): the waveforms
+    themselves are added, ``(p x1 + (1 - p) x2) / sqrt(p^2 + (1 - p)^2)``, with the same partners,
+    ratios, loudness (dB of the loudest frame's mean power) and targets."""
+    perm, r = _bc_partners(x.shape[0], g, eps)
+    loud = 10.0 * torch.log10(x.square().mean(dim=2).amax(dim=1).clamp_min(1e-12))
+    p = _bc_weight(loud, perm, r, eps)
+    mixed = (p * x + (1 - p) * x[perm]) / torch.sqrt(p ** 2 + (1 - p) ** 2)
+    return (mixed, *_bc_targets(y, num_classes, perm, r, return_mixing))
 
 
 def multi_crop_offsets(total_frames: int, crop_frames: int, n_crops: int) -> list[int]:
@@ -622,6 +691,29 @@ def augment_logmel(x: torch.Tensor, cfg: AugmentConfig, g: torch.Generator | Non
     return out
 
 
+def augment_waveform(x: torch.Tensor, cfg: AugmentConfig, g: torch.Generator | None = None) -> torch.Tensor:
+    """:func:`augment_logmel` on framed waveforms ``[B, T, hop]``: a gain of ``g`` dB scales the
+    amplitude by ``10^(g/20)``; white Gaussian noise is added at a random SNR to the clip's mean power."""
+    b = x.shape[0]
+    out = x
+    if cfg.gain_prob > 0:
+        gain_db = _uniform(b, *cfg.gain_db, g) * (torch.rand(b, generator=g) < cfg.gain_prob)
+        out = out * torch.pow(10.0, gain_db / 20.0).view(b, 1, 1)
+    if cfg.noise_prob > 0:
+        on = torch.nonzero(torch.rand(b, generator=g) < cfg.noise_prob).flatten()
+        snr_db = _uniform(len(on), *cfg.noise_snr_db, g)
+        if len(on):
+            level = out[on].square().mean(dim=(1, 2)) * torch.pow(10.0, -snr_db / 10.0)
+            noise = torch.randn(out[on].shape, generator=g) * level.sqrt().view(-1, 1, 1)
+            out = out.clone() if out is x else out
+            out[on] = out[on] + noise
+    return out
+
+
+# spectral augmentations, undefined on waveforms (filterbank='waveform')
+SPECTRAL_AUGMENTS = ("eq_prob", "freq_shift_prob", "freq_mask_prob", "loop_tail_prob")
+
+
 def spec_masks(x: torch.Tensor, cfg: AugmentConfig, g: torch.Generator | None = None, value: float = 0.0) -> torch.Tensor:
     """SpecAugment: up to ``n_freq_masks`` frequency and ``n_time_masks`` time masks per example,
     each of random width below its ``*_mask_param``, applied with its probability."""
@@ -678,6 +770,11 @@ class FeatureDataset(torch.utils.data.Dataset):
         if self.augment_cfg is not None and self.augment_cfg.loop_tail_prob > 0 and context is None:
             raise ValueError("loop_tail_prob > 0 needs the clips' context log-mels (folder_dataset builds them "
                              "for onset-aligned one-shots)")
+        if feature_cfg.is_waveform and self.augment_cfg is not None:
+            bad = [k for k in SPECTRAL_AUGMENTS if getattr(self.augment_cfg, k) > 0]
+            if bad:
+                raise ValueError(f"augmentation {', '.join(bad)} has no meaning on waveforms (filterbank='waveform'): "
+                                 f"set {' and '.join(f'{k}=0' for k in bad)}")
         self.crop_frames: int | None = None    # training views of this many frames (crop training)
         self.generator = torch.Generator().manual_seed(0)
 
@@ -695,11 +792,13 @@ class FeatureDataset(torch.utils.data.Dataset):
 
     # -- normalisation -----------------------------------------------------------------------
     def compute_normalization(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """Per-mel-bin mean/std over this dataset's clips (centre-cropped frames)."""
+        """Per-mel-bin mean/std over this dataset's clips (centre-cropped frames); for waveforms one
+        mean and std over every sample (repeated per frame position)."""
         x = crop_frames(torch.as_tensor(np.asarray(self.features)), self.feature_cfg.n_frames)
-        mean = x.mean(dim=(0, 1))
-        std = x.std(dim=(0, 1)).clamp_min(1e-5)
-        return mean.float(), std.float()
+        dims = (0, 1, 2) if self.feature_cfg.is_waveform else (0, 1)
+        mean = x.mean(dim=dims).expand(x.shape[-1])
+        std = x.std(dim=dims).clamp_min(1e-5).expand(x.shape[-1])
+        return mean.float().contiguous(), std.float().contiguous()
 
     def set_normalization(self, mean, std) -> "FeatureDataset":
         self.normalization = (torch.as_tensor(mean, dtype=torch.float32),
@@ -720,7 +819,8 @@ class FeatureDataset(torch.utils.data.Dataset):
         ``return_mixing`` adds the ``[B, B]`` mixing matrix (per-clip soft targets mix as ``M @ Q``)."""
         g = generator if generator is not None else self.generator
         x, y = self._views(indices, g)
-        x, target, *mixing = between_class_mix(x, y, self.num_classes, g, return_mixing=return_mixing)
+        mix = between_class_mix_wave if self.feature_cfg.is_waveform else between_class_mix
+        x, target, *mixing = mix(x, y, self.num_classes, g, return_mixing=return_mixing)
         return (self._finish(x, g), target, *mixing)
 
     def get_crops(self, indices, n_frames: int, n_crops: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -746,6 +846,8 @@ class FeatureDataset(torch.utils.data.Dataset):
         idx = torch.as_tensor(indices, dtype=torch.long).reshape(-1) % self.num_clips
         raw = self._raw(idx)
         cfg = self.augment_cfg
+        if cfg is not None and self.feature_cfg.is_waveform:
+            return self._waveform_views(raw, cfg, g), self.labels[idx]
         if cfg is not None and cfg.stretch_prob > 0:
             x = stretch_crop(raw, self.view_frames, cfg, g)
         else:
@@ -755,6 +857,15 @@ class FeatureDataset(torch.utils.data.Dataset):
                 x = add_loop_tails(x, self.context, cfg, self.feature_cfg.hop_length / self.feature_cfg.sample_rate, g)
             x = augment_logmel(spectral_augment(x, cfg, g), cfg, g)
         return x, self.labels[idx]
+
+    def _waveform_views(self, raw: torch.Tensor, cfg: AugmentConfig, g: torch.Generator | None) -> torch.Tensor:
+        """Training views of framed waveforms: crops and circular shifts at sample resolution, the time
+        stretch as a resampling (speed and pitch together: the stretch's linear interpolation of
+        samples), then :func:`augment_waveform`."""
+        b, _, hop = raw.shape
+        flat, n = raw.reshape(b, -1, 1), self.view_frames * hop
+        x = stretch_crop(flat, n, cfg, g) if cfg.stretch_prob > 0 else crop_and_shift(flat, n, cfg, g)
+        return augment_waveform(x.reshape(b, self.view_frames, hop), cfg, g)
 
     def _finish(self, x: torch.Tensor, g: torch.Generator | None, augment: bool = True) -> torch.Tensor:
         """Normalisation, SpecAugment masks (training) and the tubelet layout."""
@@ -937,7 +1048,7 @@ def cached_features(files: Sequence[str | os.PathLike], cfg: FeatureConfig, cach
             return arr
     cache_dir.mkdir(parents=True, exist_ok=True)
     out = np.empty(shape, dtype=np.float32)
-    extractor = logmel_extractor(cfg)
+    extractor = feature_extractor(cfg)
     bar = None
     if progress:
         from tqdm.auto import tqdm

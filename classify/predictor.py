@@ -161,7 +161,8 @@ def check_feature_config(d) -> au.FeatureConfig:
     if cfg.win_length is not None:
         _int_in("win_length", cfg.win_length, 1, cfg.n_fft)
     _int_in("hop_length", cfg.hop_length, 1, cfg.n_fft)
-    _int_in("n_mels", cfg.n_mels, 1, min(LIMITS["n_mels"][1], cfg.n_fft // 2 + 1))
+    # bands of a filterbank over the STFT's bins; a waveform config's frame width (= n_fft, checked by FeatureConfig)
+    _int_in("n_mels", cfg.n_mels, 1, min(LIMITS["n_mels"][1], cfg.n_fft if cfg.is_waveform else cfg.n_fft // 2 + 1))
     _int_in("n_frames", cfg.n_frames, *LIMITS["n_frames"])
     _float_in("duration", cfg.duration, 1e-3, LIMITS["num_samples"][1] / cfg.sample_rate)
     _int_in("duration x sample_rate", cfg.num_samples, *LIMITS["num_samples"])
@@ -277,7 +278,7 @@ class Predictor:
         self.cfg, self.class_names, self.task, stats, self.eval_crops = check_meta(meta, self.path)
         check_model_shapes(meta, self.path)
         model, meta = build_from_checkpoint(self.path, self.device)
-        self.logmel = au.LogMel(self.cfg).to(self.device)
+        self.logmel = au.make_extractor(self.cfg).to(self.device)   # log-mels or framed waveforms
         self.normalization = tuple(t.to(self.device) for t in stats)
         self.model, self.meta = model, meta
         tc = meta.get("train_config") or {}

@@ -7,7 +7,8 @@ Contract for every registered model
 -----------------------------------
 ``build_model(name, num_classes=50, n_mels=128, n_frames=155, preset=None, **config)`` returns an
 ``nn.Module`` whose ``forward(x)`` takes normalised log-mel features ``[batch, n_frames, n_mels]``
-(``[B, 155, 128]`` for ESC-50) and returns logits ``[batch, num_classes]``.
+(``[B, 155, 128]`` for ESC-50) and returns logits ``[batch, num_classes]``; a waveform model reads the
+framed samples ``[batch, frames, hop]`` of a ``filterbank="waveform"`` feature config in the same slot.
 
 * The constructor's keyword defaults are the CPU-friendly configuration.
 * ``presets`` holds named overrides (``"tiny"`` for tests/notebooks, ``"gpu"`` for a GPU run).
@@ -35,6 +36,7 @@ _MODULES: dict[str, str] = {
     "mlp": "models.baselines",
     "lstm": "models.baselines",
     "cnn": "models.baselines",
+    "wavecnn": "models.waveform",
     "mamba": "models.mamba",
     "liquid_s4": "models.liquid_s4",
     "vjepa2": "models.vjepa2",
