@@ -13,6 +13,7 @@ frames (crops or whole clips), as the body ends in global pooling.
 """
 from __future__ import annotations
 
+import math
 from typing import Sequence
 
 import torch
@@ -38,7 +39,7 @@ class WaveFilterbank(nn.Module):
                        nn.BatchNorm1d(int(c)), nn.ReLU(inplace=True)]
             cin = int(c)
         self.convs = nn.Sequential(*layers, nn.MaxPool1d(int(pool)))
-        self.samples_per_frame = int(pool) * int(torch.tensor([int(s) for s in strides]).prod())
+        self.samples_per_frame = int(pool) * math.prod(int(s) for s in strides)
 
     def forward(self, wave: torch.Tensor) -> torch.Tensor:
         if wave.shape[-1] < self.samples_per_frame:
