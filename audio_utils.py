@@ -7,7 +7,8 @@ Pipeline
 1. ``load_audio``: any file soundfile reads (wav, flac, ogg, mp3, aiff, ...; any rate, mono or
    multi-channel) -> mono float32 at ``FeatureConfig.sample_rate`` (libsoxr resampling).
 2. ``LogMel``: power mel spectrogram (torchaudio) -> ``log(mel + 1e-6)``, layout ``[time, mel]``.
-   (``FeatureConfig.filterbank="linear"``: bands evenly spaced in Hz instead of mel).
+   (``FeatureConfig.filterbank="linear"``: bands evenly spaced in Hz instead of mel; ``"waveform"``: no
+   transform, the samples framed by ``hop_length`` for end-to-end waveform models, ``WaveFrames``).
    ESC-50 defaults: 16 kHz, n_fft 1024, hop 512, 128 mel bins; a 5-s clip gives 157 frames
    (``center=True``), which are cropped to exactly 155 (centre crop in evaluation, a random
    offset in training). Shorter clips are zero-padded to ``duration`` before the transform.
