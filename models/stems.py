@@ -3,6 +3,10 @@
 * ``"linear"``: one token per frame (or per ``frame_stack`` stacked frames), a Linear projection.
   This is the classic S4 / Mamba tokeniser; it sees one frame at a time, so the sequence model
   must learn every local time-frequency pattern itself.
+* ``"wave"``: for framed waveforms (``FeatureConfig(filterbank="waveform")``): a learned 1-D
+  filterbank on the samples (:class:`WaveFilterbank`) makes a ``(time x filter)`` map, which the
+  ``conv`` stem then tokenises as if it were a spectrogram; the sequence model reads the waveform
+  end to end.
 * ``"conv"``: a small convolutional front end (conv3x3-BN-ReLU-maxpool blocks, as in the CNN
   baseline) that halves the time axis and pools frequency down to a few bands; the channels of
   each remaining time step are flattened and projected to ``d_model``. Local spectro-temporal
@@ -16,6 +20,8 @@
 from __future__ import annotations
 
 from typing import Sequence
+
+import math
 
 import torch
 import torch.nn as nn
@@ -79,6 +85,49 @@ class ConvTokenizer(nn.Module):
         return self.proj(h)
 
 
+class WaveFilterbank(nn.Module):
+    """``[B, samples]`` -> ``[B, frames, filters[-1]]``: strided conv1d-BN-ReLU layers, then a max-pool
+    over ``pool`` steps (frames of ``prod(strides) * pool`` samples)."""
+
+    def __init__(self, filters: Sequence[int] = (16, 32), kernels: Sequence[int] = (9, 5),
+                 strides: Sequence[int] = (4, 2), pool: int = 40):
+        super().__init__()
+        if not len(filters) == len(kernels) == len(strides) >= 1:
+            raise ValueError(f"wave filterbank: filters {list(filters)}, kernels {list(kernels)} and strides "
+                             f"{list(strides)} need the same (non-zero) length")
+        layers, cin = [], 1
+        for c, k, s in zip(filters, kernels, strides):
+            layers += [nn.Conv1d(cin, int(c), int(k), stride=int(s), padding=int(k) // 2, bias=False),
+                       nn.BatchNorm1d(int(c)), nn.ReLU(inplace=True)]
+            cin = int(c)
+        self.convs = nn.Sequential(*layers, nn.MaxPool1d(int(pool)))
+        self.samples_per_frame = int(pool) * math.prod(int(s) for s in strides)
+        self.n_filters = int(filters[-1])
+
+    def forward(self, wave: torch.Tensor) -> torch.Tensor:
+        if wave.shape[-1] < self.samples_per_frame:
+            raise ValueError(f"wave filterbank needs at least {self.samples_per_frame} samples, got {wave.shape[-1]}")
+        return self.convs(wave.unsqueeze(1)).transpose(1, 2)          # [B, frames, filters]
+
+
+class WaveTokenizer(nn.Module):
+    """Framed waveforms ``[B, T, hop]`` -> ``[B, T', d_model]``: :class:`WaveFilterbank` on the samples,
+    then a :class:`ConvTokenizer` over its ``(time x filter)`` map."""
+
+    def __init__(self, hop: int, d_model: int, channels: Sequence[int] = CONV_STEM_CHANNELS,
+                 pools: Sequence = CONV_STEM_POOLS):
+        super().__init__()
+        self.hop = int(hop)
+        self.filterbank = WaveFilterbank()
+        self.conv = ConvTokenizer(self.filterbank.n_filters, d_model, channels, pools)
+
+    def out_len(self, n_frames: int) -> int:
+        return self.conv.out_len(n_frames * self.hop // self.filterbank.samples_per_frame)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv(self.filterbank(x.flatten(1)))
+
+
 class LinearTokenizer(nn.Module):
     """``[B, T, M]`` -> ``[B, ceil(T / k), d_model]``: stack ``k`` frames (zero-padded), Linear."""
 
@@ -107,14 +156,17 @@ class LinearTokenizer(nn.Module):
         return self.proj(x)
 
 
-STEMS = ("linear", "conv")
+STEMS = ("linear", "conv", "wave")
 
 
 def build_tokenizer(stem: str, n_mels: int, d_model: int, frame_stack: int = 1,
                     stem_channels: Sequence[int] | None = None, stem_pools: Sequence | None = None) -> nn.Module:
-    """The stem named ``stem`` (``"linear"`` or ``"conv"``); ``frame_stack`` applies to ``linear``."""
+    """The stem named ``stem`` (``"linear"``, ``"conv"`` or ``"wave"``, whose ``n_mels`` is the frame width in
+    samples); ``frame_stack`` applies to ``linear``, ``stem_channels`` / ``stem_pools`` to ``conv`` and ``wave``."""
     if stem == "linear":
         return LinearTokenizer(n_mels, d_model, frame_stack)
     if stem == "conv":
         return ConvTokenizer(n_mels, d_model, stem_channels or CONV_STEM_CHANNELS, stem_pools or CONV_STEM_POOLS)
+    if stem == "wave":
+        return WaveTokenizer(n_mels, d_model, stem_channels or CONV_STEM_CHANNELS, stem_pools or CONV_STEM_POOLS)
     raise ValueError(f"unknown stem '{stem}'; stems: {', '.join(STEMS)}")

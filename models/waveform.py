@@ -13,7 +13,6 @@ frames (crops or whole clips), as the body ends in global pooling.
 """
 from __future__ import annotations
 
-import math
 from typing import Sequence
 
 import torch
@@ -21,30 +20,7 @@ import torch.nn as nn
 
 from models import register
 from models.baselines import CNNClassifier
-
-
-class WaveFilterbank(nn.Module):
-    """``[B, samples]`` -> ``[B, frames, filters[-1]]``: strided conv1d-BN-ReLU layers, then a max-pool
-    over ``pool`` steps (frames of ``prod(strides) * pool`` samples)."""
-
-    def __init__(self, filters: Sequence[int] = (16, 32), kernels: Sequence[int] = (9, 5),
-                 strides: Sequence[int] = (4, 2), pool: int = 40):
-        super().__init__()
-        if not len(filters) == len(kernels) == len(strides) >= 1:
-            raise ValueError(f"wave filterbank: filters {list(filters)}, kernels {list(kernels)} and strides "
-                             f"{list(strides)} need the same (non-zero) length")
-        layers, cin = [], 1
-        for c, k, s in zip(filters, kernels, strides):
-            layers += [nn.Conv1d(cin, int(c), int(k), stride=int(s), padding=int(k) // 2, bias=False),
-                       nn.BatchNorm1d(int(c)), nn.ReLU(inplace=True)]
-            cin = int(c)
-        self.convs = nn.Sequential(*layers, nn.MaxPool1d(int(pool)))
-        self.samples_per_frame = int(pool) * math.prod(int(s) for s in strides)
-
-    def forward(self, wave: torch.Tensor) -> torch.Tensor:
-        if wave.shape[-1] < self.samples_per_frame:
-            raise ValueError(f"wave filterbank needs at least {self.samples_per_frame} samples, got {wave.shape[-1]}")
-        return self.convs(wave.unsqueeze(1)).transpose(1, 2)          # [B, frames, filters]
+from models.stems import WaveFilterbank
 
 
 @register("wavecnn",

@@ -139,3 +139,16 @@ def test_waveform_run_trains_and_inference_agrees_with_training(wave_run, esc50_
     waves = torch.stack([pred.prepare(au.load_audio(f, pred.sample_rate)) for f in files])
     got = pred.logits_to_probs(pred.features(waves))
     np.testing.assert_allclose(got, want, atol=1e-5)
+
+
+@pytest.mark.parametrize("name", ["liquid_s4", "mamba"])
+def test_sequence_models_read_waveforms_through_the_wave_stem(name):
+    from models.stems import WaveTokenizer
+
+    m = models.build_model(name, num_classes=5, n_mels=160, n_frames=300, preset="tiny", stem="wave",
+                           stem_pools=[[2, 2], [2, 2], [1, 4]])
+    tok = m.encoder if name == "liquid_s4" else m.embed
+    assert isinstance(tok, WaveTokenizer)
+    x = torch.randn(2, 300, 160)
+    assert tok(x).shape[1] == tok.out_len(300) == 300 * 160 // 320 // 4
+    assert m(x).shape == (2, 5) and m(torch.randn(2, 501, 160)).shape == (2, 5)
