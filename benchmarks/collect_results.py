@@ -218,6 +218,12 @@ def results_table(found: dict, recipes: pd.DataFrame, latency: dict[str, float],
     return pd.DataFrame(rows)
 
 
+# the pool decisions whose test-fold reads are rows of the results table (results/<file>); a pool of at most
+# POOL_NAMED_UP_TO members is labelled by its members' names
+POOL_RESULTS = ("ensemble_pool.json", "ensemble_pool_wave.json", "ensemble_pool_wave_s4.json")
+POOL_NAMED_UP_TO = 6
+
+
 def pool_ensembles(info: dict | None) -> list[dict]:
     """The test-fold reads of ``benchmarks/ensemble_pool.py`` (``results/ensemble_pool.json``) as rows of the
     results table: members chosen on the validation fold by proxies, so that cell shows the proxies' figure."""
@@ -225,15 +231,19 @@ def pool_ensembles(info: dict | None) -> list[dict]:
     for name, t in ((info or {}).get("test") or {}).items():
         weigh = "every family weighing the same" if t["weigh"] == "family" else "every member weighing the same"
         chosen = " (chosen on fold 4)" if (info.get("decision") or {}).get("chosen") == name else ""
+        label = (f"ensemble: pool of {len(t['members'])} refits, mean probability with {weigh}{chosen}"
+                 if len(t["members"]) > POOL_NAMED_UP_TO else
+                 f"ensemble: {' + '.join(t['members'])} (refits; mean probability with {weigh}){chosen}")
         rows.append({"members": t["members"], "test_acc": t["acc"], "n_test": t["n"], "test_macro_f1": t["macro_f1"],
                      "val_acc": info["validation"][name]["acc"], "n_val": info["validation"][name]["n"],
-                     "label": f"ensemble: pool of {len(t['members'])} refits, mean probability with {weigh}{chosen}",
+                     "label": label,
                      "val_cell": f"proxies: {info['validation'][name]['acc']:.4f}",
                      "command": f"`benchmarks/ensemble_pool.py --pool {info['pool']} --test`"})
     return rows
 
 
-ATTEMPT_COLUMNS = {"liquid_s4": "Liquid-S4 (PolyB)", "mamba": "Mamba", "vjepa2": "V-JEPA2 ViT (`mini`)", "cnn": "CNN"}
+ATTEMPT_COLUMNS = {"liquid_s4": "Liquid-S4 (PolyB)", "mamba": "Mamba", "vjepa2": "V-JEPA2 ViT (`mini`)", "cnn": "CNN",
+                   "wavecnn": "waveform CNN"}
 
 
 def attempts_table(path: Path) -> pd.DataFrame | None:
@@ -417,7 +427,8 @@ def run(args) -> int:
     recipes = read_models_csv(res_dir / "models.csv")
     latency, lat_info = read_latency(res_dir / "latency.json")
     ensembles = (results.read_json(res_dir / "ensembles.json", {}) or {}).get("ensembles", [])
-    ensembles += pool_ensembles(results.read_json(res_dir / "ensemble_pool.json"))
+    for name in POOL_RESULTS:
+        ensembles += pool_ensembles(results.read_json(res_dir / name))
     tables = {"results": markdown(results_table(found, recipes, latency, ensembles)) + "\n\n"
               "± is the half-width of the 95 % binomial confidence interval of the test accuracy. CPU latency: "
               "`results/latency.json` (the latency table below)."}

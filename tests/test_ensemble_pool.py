@@ -174,6 +174,10 @@ def test_the_script_scores_proxies_then_reads_the_test_fold_only_when_asked(esc5
     assert table["fold-4 val"].iloc[0] == f"proxies: {res['validation']['all']['acc']:.4f}"
     assert table["command"].iloc[1] == "`benchmarks/ensemble_pool.py --pool pool.yaml --test`"
     assert "every family weighing the same" in table["model"].iloc[1]
+    # a small pool is named by its members; a large one by its size
+    assert " + ".join(res["test"]["all"]["members"]) in table["model"].iloc[0]
+    cr.POOL_NAMED_UP_TO = 2
+    assert cr.pool_ensembles({**res, "pool": "pool.yaml"})[0]["label"].startswith("ensemble: pool of 3 refits")
 
 
 def test_bad_input_exits_2_with_one_line(tmp_path, capsys):
