@@ -24,7 +24,7 @@ import pandas as pd
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 MAIN_MODELS = ("liquid_s4", "mamba", "vjepa2")
-BASELINES = ("cnn", "lstm", "mlp")
+BASELINES = ("cnn", "lstm", "mlp", "wavecnn")   # wavecnn: end to end on the waveform
 DATASET_TAG = "esc50"
 SUMMARY_KEYS = ("params", "epochs_run", "best_epoch", "val_acc", "test_acc", "test_macro_f1",
                 "mean_epoch_time_s", "device", "n_test")
