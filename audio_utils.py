@@ -715,6 +715,16 @@ def augment_waveform(x: torch.Tensor, cfg: AugmentConfig, g: torch.Generator | N
 SPECTRAL_AUGMENTS = ("eq_prob", "freq_shift_prob", "freq_mask_prob", "loop_tail_prob")
 
 
+def check_augment_for(feature_cfg: FeatureConfig, augment_cfg: AugmentConfig) -> None:
+    """ValueError (one line) when ``augment_cfg`` turns on an augmentation ``feature_cfg``'s features lack:
+    the spectral ones on waveforms."""
+    if feature_cfg.is_waveform:
+        bad = [k for k in SPECTRAL_AUGMENTS if getattr(augment_cfg, k) > 0]
+        if bad:
+            raise ValueError(f"augmentation {', '.join(bad)} has no meaning on waveforms (filterbank='waveform'): "
+                             f"set {' and '.join(f'{k}=0' for k in bad)}")
+
+
 def spec_masks(x: torch.Tensor, cfg: AugmentConfig, g: torch.Generator | None = None, value: float = 0.0) -> torch.Tensor:
     """SpecAugment: up to ``n_freq_masks`` frequency and ``n_time_masks`` time masks per example,
     each of random width below its ``*_mask_param``, applied with its probability."""
@@ -771,11 +781,8 @@ class FeatureDataset(torch.utils.data.Dataset):
         if self.augment_cfg is not None and self.augment_cfg.loop_tail_prob > 0 and context is None:
             raise ValueError("loop_tail_prob > 0 needs the clips' context log-mels (folder_dataset builds them "
                              "for onset-aligned one-shots)")
-        if feature_cfg.is_waveform and self.augment_cfg is not None:
-            bad = [k for k in SPECTRAL_AUGMENTS if getattr(self.augment_cfg, k) > 0]
-            if bad:
-                raise ValueError(f"augmentation {', '.join(bad)} has no meaning on waveforms (filterbank='waveform'): "
-                                 f"set {' and '.join(f'{k}=0' for k in bad)}")
+        if self.augment_cfg is not None:
+            check_augment_for(feature_cfg, self.augment_cfg)
         self.crop_frames: int | None = None    # training views of this many frames (crop training)
         self.generator = torch.Generator().manual_seed(0)
 

@@ -152,3 +152,13 @@ def test_sequence_models_read_waveforms_through_the_wave_stem(name):
     x = torch.randn(2, 300, 160)
     assert tok(x).shape[1] == tok.out_len(300) == 300 * 160 // 320 // 4
     assert m(x).shape == (2, 5) and m(torch.randn(2, 501, 160)).shape == (2, 5)
+
+
+def test_spectral_augmentation_on_waveforms_fails_before_any_audio_is_read(tmp_path, capsys):
+    argv = ["--model", "wavecnn", "--data-dir", str(tmp_path / "no_such_dir"), "--epochs", "1",
+            "--out", str(tmp_path / "run"), "--no-progress", "--threads", "1"]
+    for k, v in {"filterbank": "waveform", "n_fft": 160, "hop_length": 160, "n_mels": 160}.items():
+        argv += ["--feature", f"{k}={v}"]
+    assert train_cli.main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "freq_mask_prob has no meaning on waveforms" in err

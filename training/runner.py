@@ -55,11 +55,17 @@ def checked_data_spec(data: DataSpec, datasets=None) -> DataSpec:
     built, exactly the config they were built with."""
     from dataclasses import replace
 
-    from training.options import check_augment, check_range, feature_config
+    from training.options import OptionError, check_augment, check_range, feature_config
 
     check_augment(dict(data.augment_config or {}), "DataSpec.augment_config:")
     check_range("expansion", data.expansion, "DataSpec.")
     feat = datasets[0].feature_cfg if datasets else feature_config(None, data.feature_config, "DataSpec.feature_config:")
+    if data.augment:            # before any audio is read: augmentations the features cannot take
+        from audio_utils import AugmentConfig, check_augment_for
+        try:
+            check_augment_for(feat, AugmentConfig.from_dict(dict(data.augment_config or {})))
+        except ValueError as exc:
+            raise OptionError(f"--augment: {exc}") from None
     return replace(data, feature_config=feat.to_dict())
 
 
