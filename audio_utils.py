@@ -668,6 +668,17 @@ def add_loop_tails(x: torch.Tensor, context: torch.Tensor, cfg: AugmentConfig, h
     return out
 
 
+def _random_gain_db(b: int, cfg: AugmentConfig, g: torch.Generator | None) -> torch.Tensor:
+    """Each view's gain in dB: uniform in ``gain_db`` with probability ``gain_prob``, else 0."""
+    return _uniform(b, *cfg.gain_db, g) * (torch.rand(b, generator=g) < cfg.gain_prob)
+
+
+def _noise_picks(b: int, cfg: AugmentConfig, g: torch.Generator | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """The views that get noise (probability ``noise_prob``) and their SNRs in dB."""
+    on = torch.nonzero(torch.rand(b, generator=g) < cfg.noise_prob).flatten()
+    return on, _uniform(len(on), *cfg.noise_snr_db, g)
+
+
 def augment_logmel(x: torch.Tensor, cfg: AugmentConfig, g: torch.Generator | None = None) -> torch.Tensor:
     """Volume scaling and additive noise on log-power mels ``[B, T, F]`` (returns a new tensor).
 
@@ -678,11 +689,9 @@ def augment_logmel(x: torch.Tensor, cfg: AugmentConfig, g: torch.Generator | Non
     b, t, f = x.shape
     out = x
     if cfg.gain_prob > 0:
-        gain_db = _uniform(b, *cfg.gain_db, g) * (torch.rand(b, generator=g) < cfg.gain_prob)
-        out = out + (gain_db * (math.log(10.0) / 10.0)).view(b, 1, 1)
+        out = out + (_random_gain_db(b, cfg, g) * (math.log(10.0) / 10.0)).view(b, 1, 1)
     if cfg.noise_prob > 0:
-        on = torch.nonzero(torch.rand(b, generator=g) < cfg.noise_prob).flatten()
-        snr_db = _uniform(len(on), *cfg.noise_snr_db, g)
+        on, snr_db = _noise_picks(b, cfg, g)
         if len(on):
             power = out[on].exp()
             level = power.mean(dim=(1, 2)) * torch.pow(10.0, -snr_db / 10.0)
@@ -698,16 +707,14 @@ def augment_waveform(x: torch.Tensor, cfg: AugmentConfig, g: torch.Generator | N
     b = x.shape[0]
     out = x
     if cfg.gain_prob > 0:
-        gain_db = _uniform(b, *cfg.gain_db, g) * (torch.rand(b, generator=g) < cfg.gain_prob)
-        out = out * torch.pow(10.0, gain_db / 20.0).view(b, 1, 1)
+        out = out * torch.pow(10.0, _random_gain_db(b, cfg, g) / 20.0).view(b, 1, 1)
     if cfg.noise_prob > 0:
-        on = torch.nonzero(torch.rand(b, generator=g) < cfg.noise_prob).flatten()
-        snr_db = _uniform(len(on), *cfg.noise_snr_db, g)
+        on, snr_db = _noise_picks(b, cfg, g)
         if len(on):
-            level = out[on].square().mean(dim=(1, 2)) * torch.pow(10.0, -snr_db / 10.0)
-            noise = torch.randn(out[on].shape, generator=g) * level.sqrt().view(-1, 1, 1)
+            sel = out[on]
+            level = sel.square().mean(dim=(1, 2)) * torch.pow(10.0, -snr_db / 10.0)
             out = out.clone() if out is x else out
-            out[on] = out[on] + noise
+            out[on] = sel + torch.randn(sel.shape, generator=g) * level.sqrt().view(-1, 1, 1)
     return out
 
 
