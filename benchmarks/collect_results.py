@@ -16,12 +16,15 @@ Reads only committed files (no data, no training, no timing) unless a ``--measur
 * ``results/attempts.csv``: the accuracy of each attempt per model (fold-4 val / fold-5 test);
 * ``results/seeds.csv``: every seed of each final recipe (``recipe,seed,train_folds,run_metrics,test_metrics``:
   the run's ``metrics.json`` for its fold-4 accuracy, the ``inference.py --evaluate --fold 5`` one for its
-  fold-5 accuracy), summarised as mean ± sample std per recipe, refits on folds 1-4 listed beside them.
+  fold-5 accuracy), summarised as mean ± sample std per recipe, refits on folds 1-4 listed beside them;
+* ``results/cv.csv``: each recipe's 5-fold cross-validation in the literature's protocol (``recipe,fold,metrics``:
+  per fold the ``metrics.json`` of the run tested on it after training on the four others; fold 5's is the
+  recipe's refit), summarised as the accuracy of each fold and their mean ± sample std.
 
 and writes ``results/summary.json``, ``results/results.md`` (the README's tables),
 ``results/comparison.png`` and ``results/per_class.png``; ``--update-readme`` also rewrites the
 README's tables between their marker comments (``<!-- results:begin -->`` ... ``<!-- results:end -->``,
-likewise ``latency``) and those of the experiment log ``docs/experiments.md`` (``attempts``, ``seeds``): each
+likewise ``cv`` and ``latency``) and those of the experiment log ``docs/experiments.md`` (``attempts``, ``seeds``): each
 table goes to the one document that holds its markers.
 
     python benchmarks/collect_results.py --update-readme          # offline, seconds (make results)
@@ -58,7 +61,7 @@ DEFAULT_ENSEMBLES = ("liquid_s4,mamba,vjepa2", "liquid_s4,mamba,vjepa2,cnn",
                      "refit/liquid_s4_esc50_long_refit,mamba,vjepa2,refit/liquid_s4_mel64_refit,refit/mamba_esc50_wide_refit,"
                      "refit/vjepa2_bf16_long_refit")
 SEEDS = "+seeds"     # a member "NAME+seeds": the shipped checkpoint and checkpoints/seeds/NAME_esc50_seed*, averaged
-MARKERS = ("results", "attempts", "seeds", "latency")
+MARKERS = ("results", "attempts", "seeds", "cv", "latency")
 
 
 class UsageError(Exception):
@@ -309,6 +312,62 @@ def seeds_table(path: Path, root: Path = REPO) -> pd.DataFrame | None:
     return pd.DataFrame(rows)
 
 
+CV_COLUMNS = ("recipe", "fold", "metrics")
+CV_FOLDS = (1, 2, 3, 4, 5)
+
+
+def _fold_accuracy(path: str, root: Path, where: str) -> tuple[float, str | None]:
+    """(test accuracy, model) of one fold: a training run's ``metrics.json`` (``test_acc``) or an
+    ``inference.py --evaluate`` one (``accuracy``)."""
+    m = results.read_json(root / path)
+    if m is None:
+        raise UsageError(f"{where}: {path}: no such file")
+    acc = m.get("test_acc", m.get("accuracy"))
+    if acc is None:
+        raise UsageError(f"{where}: {path}: no 'test_acc' or 'accuracy'")
+    return float(acc), m.get("model")
+
+
+def cv_rows(path: Path, root: Path = REPO) -> list[dict]:
+    """Per recipe, its 5-fold cross-validation in the literature's protocol (each fold tested after training on
+    the four others): the accuracy of each fold and their mean and sample std (``results/cv.csv``: a
+    ``recipe,fold,metrics`` row per fold; fold 5's run is the recipe's refit on folds 1-4)."""
+    if not path.exists():
+        return []
+    df = pd.read_csv(path, dtype=str, keep_default_na=False)
+    where = display(path)
+    if tuple(df.columns) != CV_COLUMNS:
+        raise UsageError(f"{where}: columns must be {','.join(CV_COLUMNS)}")
+    rows = []
+    for recipe, g in df.groupby("recipe", sort=False):
+        folds = {}
+        models = set()
+        for fold, metrics in zip(g.fold, g.metrics):
+            if not fold.isdigit() or int(fold) not in CV_FOLDS:
+                raise UsageError(f"{where}: {recipe}: fold must be one of 1-5, got '{fold}'")
+            if int(fold) in folds:
+                raise UsageError(f"{where}: {recipe}: fold {fold} listed twice")
+            folds[int(fold)], model = _fold_accuracy(metrics, root, where)
+            models.add(model)
+        if len(models - {None}) > 1:
+            raise UsageError(f"{where}: {recipe}: its folds' files name different models ({', '.join(sorted(models - {None}))})")
+        accs = [folds[k] for k in sorted(folds)]
+        rows.append({"recipe": recipe, "model": next(iter(models - {None}), None), "folds": folds,
+                     "mean": statistics.mean(accs), "std": statistics.stdev(accs) if len(accs) > 1 else 0.0,
+                     "n": len(accs), "files": list(g.metrics)})
+    return rows
+
+
+def cv_table(rows: list[dict]) -> pd.DataFrame | None:
+    if not rows:
+        return None
+    return pd.DataFrame([{"model": r["model"] or "", "recipe": f"`recipes/{r['recipe']}`",
+                          **{f"fold {k}": f"{r['folds'][k]:.4f}" if k in r["folds"] else "not run" for k in CV_FOLDS},
+                          "mean ± sample std": (f"**{r['mean']:.4f}** ± {r['std']:.4f}" if r["n"] > 1 else "")
+                          + ("" if r["n"] == len(CV_FOLDS) else f" ({r['n']} of {len(CV_FOLDS)} folds)")}
+                         for r in rows])
+
+
 def latency_table(info: dict) -> pd.DataFrame | None:
     rows = info.get("models") or {}
     if not rows:
@@ -322,6 +381,7 @@ def latency_table(info: dict) -> pd.DataFrame | None:
 
 def markdown(df: pd.DataFrame, index: bool = False) -> str:
     right = {"params", "fold-4 val", "fold-5 test (95 % CI)", "test macro-F1", "epochs (views/epoch)",
+             *(f"fold {k}" for k in CV_FOLDS), "mean ± sample std",
              "CPU latency, batch 1", "batch-1 p50", "batch 32 throughput"}
     cols = ([df.index.name or ""] if index else []) + list(df.columns)
     align = tuple("right" if (c in right or c.startswith("/") or c in ATTEMPT_COLUMNS.values())
@@ -438,18 +498,27 @@ def run(args) -> int:
     seeds = seeds_table(res_dir / "seeds.csv", res_dir.parent)
     if seeds is not None:
         tables["seeds"] = markdown(seeds)
+    cross_validation = cv_rows(res_dir / "cv.csv", res_dir.parent)
+    cv = cv_table(cross_validation)
+    if cv is not None:
+        tables["cv"] = markdown(cv)
     lat = latency_table(lat_info)
     tables["latency"] = (markdown(lat) if lat is not None else "") + "\n\n" + latency_note(lat_info)
 
     md = ["<!-- generated by benchmarks/collect_results.py from checkpoints/*.metrics.json and results/; "
           "do not edit -->"]
     for name, title in (("results", "Results on ESC-50 (fold 5 held out)"), ("attempts", "What each attempt gave "
-                        "(fold-4 val / fold-5 test)"), ("seeds", "Seeds of each recipe"), ("latency", "CPU inference latency")):
+                        "(fold-4 val / fold-5 test)"), ("seeds", "Seeds of each recipe"), ("cv", "5-fold cross-validation (four training folds each)"),
+                        ("latency", "CPU inference latency")):
         if name in tables:
             md += ["", f"## {title}", "", tables[name]]
     write_text(res_dir / "results.md", "\n".join(md) + "\n")
     lat_summary = {k: v for k, v in lat_info.items() if k != "models"}
-    results.write_json(res_dir / "summary.json", results.summary(found, latency, ensembles, lat_summary))
+    summary = results.summary(found, latency, ensembles, lat_summary)
+    summary["cross_validation"] = [{k: r[k] for k in ("recipe", "model", "mean", "std", "n")}
+                                   | {"folds": {str(k): v for k, v in sorted(r["folds"].items())}, "files": r["files"]}
+                                   for r in cross_validation]
+    results.write_json(res_dir / "summary.json", summary)
     written = [res_dir / "summary.json", res_dir / "results.md"]
     if not args.no_plots:
         import matplotlib

@@ -143,6 +143,38 @@ def test_committed_results_are_consistent():
     log = (REPO / "docs" / "experiments.md").read_text()
     assert cr.markdown(cr.seeds_table(REPO / "results" / "seeds.csv", REPO)) in log
     assert cr.markdown(cr.attempts_table(REPO / "results" / "attempts.csv"), index=True) in log
+    cv = cr.cv_rows(REPO / "results" / "cv.csv", REPO)      # every file results/cv.csv names exists
+    assert cr.markdown(cr.cv_table(cv)) in readme
+    assert summary["cross_validation"] == json.loads(json.dumps(
+        [{k: r[k] for k in ("recipe", "model", "mean", "std", "n")}
+         | {"folds": {str(k): v for k, v in sorted(r["folds"].items())}, "files": r["files"]} for r in cv]))
+
+
+def test_cv_table_summarises_each_recipe_over_its_folds(tmp_path):
+    cr = _script()
+    for k, acc in enumerate((0.80, 0.82, 0.84, 0.86), 1):      # training runs tested on fold k: test_acc
+        (tmp_path / f"f{k}.json").write_text(json.dumps({"model": "mamba", "test_acc": acc}))
+    (tmp_path / "refit.json").write_text(json.dumps({"model": "mamba", "accuracy": 0.78}))   # inference.py --evaluate
+    (tmp_path / "vit.json").write_text(json.dumps({"model": "vjepa2", "accuracy": 0.8}))
+    cv = tmp_path / "cv.csv"
+    cv.write_text("recipe,fold,metrics\n" + "".join(f"m.yaml,{k},f{k}.json\n" for k in range(1, 5))
+                  + "m.yaml,5,refit.json\nv.yaml,5,vit.json\nv.yaml,2,f2.json\n")
+    with pytest.raises(cr.UsageError, match="v.yaml: its folds' files name different models"):
+        cr.cv_rows(cv, tmp_path)
+    cv.write_text("recipe,fold,metrics\n" + "".join(f"m.yaml,{k},f{k}.json\n" for k in range(1, 5))
+                  + "m.yaml,5,refit.json\nv.yaml,5,vit.json\n")
+    m, v = cr.cv_rows(cv, tmp_path)
+    assert m["folds"] == {1: 0.80, 2: 0.82, 3: 0.84, 4: 0.86, 5: 0.78} and m["n"] == 5
+    assert m["mean"] == pytest.approx(0.82) and m["std"] == pytest.approx(0.0316228, abs=1e-6)   # sample std
+    a, b = cr.cv_table([m, v]).to_dict("records")
+    assert a["model"] == "mamba" and a["fold 5"] == "0.7800" and a["mean ± sample std"] == "**0.8200** ± 0.0316"
+    assert b["fold 1"] == "not run" and b["mean ± sample std"] == " (1 of 5 folds)"
+    for rows, error in (("m.yaml,6,f1.json\n", "fold must be one of 1-5"), ("m.yaml,1,f1.json\nm.yaml,1,f2.json\n",
+                         "fold 1 listed twice"), ("m.yaml,1,gone.json\n", "gone.json: no such file")):
+        cv.write_text("recipe,fold,metrics\n" + rows)
+        with pytest.raises(cr.UsageError, match=error):
+            cr.cv_rows(cv, tmp_path)
+    assert cr.cv_rows(tmp_path / "none.csv", tmp_path) == [] and cr.cv_table([]) is None
 
 
 def test_seeds_table_summarises_each_recipe_from_its_metrics_files(tmp_path):
