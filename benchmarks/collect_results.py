@@ -61,7 +61,6 @@ DEFAULT_ENSEMBLES = ("liquid_s4,mamba,vjepa2", "liquid_s4,mamba,vjepa2,cnn",
                      "refit/liquid_s4_esc50_long_refit,mamba,vjepa2,refit/liquid_s4_mel64_refit,refit/mamba_esc50_wide_refit,"
                      "refit/vjepa2_bf16_long_refit")
 SEEDS = "+seeds"     # a member "NAME+seeds": the shipped checkpoint and checkpoints/seeds/NAME_esc50_seed*, averaged
-MARKERS = ("results", "attempts", "seeds", "cv", "latency")
 
 
 class UsageError(Exception):
@@ -266,14 +265,20 @@ def attempts_table(path: Path) -> pd.DataFrame | None:
 SEED_COLUMNS = ("recipe", "seed", "train_folds", "run_metrics", "test_metrics")
 
 
-def _metric(path: str, key: str, root: Path) -> float | None:
-    if not path:
-        return None
+def _read_metrics(path: str, root: Path, where: str) -> dict:
+    """A ``metrics.json`` a results table names (``where``: the table's file), or a one-line UsageError."""
     m = results.read_json(root / path)
     if m is None:
-        raise UsageError(f"results/seeds.csv: {path}: no such file")
+        raise UsageError(f"{where}: {path}: no such file")
+    return m
+
+
+def _metric(path: str, key: str, root: Path, where: str = "results/seeds.csv") -> float | None:
+    if not path:
+        return None
+    m = _read_metrics(path, root, where)
     if m.get(key) is None:
-        raise UsageError(f"results/seeds.csv: {path}: no '{key}'")
+        raise UsageError(f"{where}: {path}: no '{key}'")
     return float(m[key])
 
 
@@ -319,9 +324,7 @@ CV_FOLDS = (1, 2, 3, 4, 5)
 def _fold_accuracy(path: str, root: Path, where: str) -> tuple[float, str | None]:
     """(test accuracy, model) of one fold: a training run's ``metrics.json`` (``test_acc``) or an
     ``inference.py --evaluate`` one (``accuracy``)."""
-    m = results.read_json(root / path)
-    if m is None:
-        raise UsageError(f"{where}: {path}: no such file")
+    m = _read_metrics(path, root, where)
     acc = m.get("test_acc", m.get("accuracy"))
     if acc is None:
         raise UsageError(f"{where}: {path}: no 'test_acc' or 'accuracy'")
@@ -356,6 +359,12 @@ def cv_rows(path: Path, root: Path = REPO) -> list[dict]:
                      "mean": statistics.mean(accs), "std": statistics.stdev(accs) if len(accs) > 1 else 0.0,
                      "n": len(accs), "files": list(g.metrics)})
     return rows
+
+
+def cv_summary(rows: list[dict]) -> list[dict]:
+    """``cv_rows`` as ``results/summary.json`` holds them (JSON keys: the folds as strings)."""
+    return [{k: r[k] for k in ("recipe", "model", "mean", "std", "n")}
+            | {"folds": {str(k): v for k, v in sorted(r["folds"].items())}, "files": r["files"]} for r in rows]
 
 
 def cv_table(rows: list[dict]) -> pd.DataFrame | None:
@@ -515,9 +524,7 @@ def run(args) -> int:
     write_text(res_dir / "results.md", "\n".join(md) + "\n")
     lat_summary = {k: v for k, v in lat_info.items() if k != "models"}
     summary = results.summary(found, latency, ensembles, lat_summary)
-    summary["cross_validation"] = [{k: r[k] for k in ("recipe", "model", "mean", "std", "n")}
-                                   | {"folds": {str(k): v for k, v in sorted(r["folds"].items())}, "files": r["files"]}
-                                   for r in cross_validation]
+    summary["cross_validation"] = cv_summary(cross_validation)
     results.write_json(res_dir / "summary.json", summary)
     written = [res_dir / "summary.json", res_dir / "results.md"]
     if not args.no_plots:

@@ -145,9 +145,7 @@ def test_committed_results_are_consistent():
     assert cr.markdown(cr.attempts_table(REPO / "results" / "attempts.csv"), index=True) in log
     cv = cr.cv_rows(REPO / "results" / "cv.csv", REPO)      # every file results/cv.csv names exists
     assert cr.markdown(cr.cv_table(cv)) in readme
-    assert summary["cross_validation"] == json.loads(json.dumps(
-        [{k: r[k] for k in ("recipe", "model", "mean", "std", "n")}
-         | {"folds": {str(k): v for k, v in sorted(r["folds"].items())}, "files": r["files"]} for r in cv]))
+    assert summary["cross_validation"] == json.loads(json.dumps(cr.cv_summary(cv)))
 
 
 def test_cv_table_summarises_each_recipe_over_its_folds(tmp_path):
@@ -169,6 +167,7 @@ def test_cv_table_summarises_each_recipe_over_its_folds(tmp_path):
     a, b = cr.cv_table([m, v]).to_dict("records")
     assert a["model"] == "mamba" and a["fold 5"] == "0.7800" and a["mean ± sample std"] == "**0.8200** ± 0.0316"
     assert b["fold 1"] == "not run" and b["mean ± sample std"] == " (1 of 5 folds)"
+    assert cr.cv_summary([m])[0]["folds"] == {"1": 0.80, "2": 0.82, "3": 0.84, "4": 0.86, "5": 0.78}
     for rows, error in (("m.yaml,6,f1.json\n", "fold must be one of 1-5"), ("m.yaml,1,f1.json\nm.yaml,1,f2.json\n",
                          "fold 1 listed twice"), ("m.yaml,1,gone.json\n", "gone.json: no such file")):
         cv.write_text("recipe,fold,metrics\n" + rows)
